@@ -1,0 +1,54 @@
+//! What the current thread is doing for the library, kept in thread-locals.
+//!
+//! Three facts decide whether a call may block or must be refused:
+//! - which runtime owns this thread (set when a runtime starts the thread), so that a runtime
+//!   shut down from one of its own threads does not wait for itself;
+//! - whether this thread is an async worker (set when it first parks, which only workers do),
+//!   so that waiting there is refused instead of stalling every task on the worker;
+//! - which task's job or completion callback this thread is running, so that a task waiting for
+//!   itself is refused instead of deadlocking.
+
+use std::cell::Cell;
+
+thread_local! {
+    static RUNTIME_SERIAL: Cell<u64> = const { Cell::new(0) };
+    static ASYNC_WORKER: Cell<bool> = const { Cell::new(false) };
+    static CURRENT_TASK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as owned by the runtime with this serial number.
+pub(crate) fn set_runtime_serial(serial: u64) {
+    let _ = RUNTIME_SERIAL.try_with(|s| s.set(serial));
+}
+
+/// The serial number of the runtime that owns this thread, or 0.
+pub(crate) fn runtime_serial() -> u64 {
+    RUNTIME_SERIAL.try_with(Cell::get).unwrap_or(0)
+}
+
+/// True on an async worker thread of any runtime.
+pub(crate) fn on_async_worker() -> bool {
+    ASYNC_WORKER.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Marks this thread as an async worker. True the first time only.
+pub(crate) fn mark_async_worker() -> bool {
+    ASYNC_WORKER.try_with(|w| !w.replace(true)).unwrap_or(false)
+}
+
+/// Runs `f` as the code of task `id` (its job or its completion callback).
+pub(crate) fn as_task<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = CURRENT_TASK.try_with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT_TASK.try_with(|c| c.replace(id)).unwrap_or(0));
+    f()
+}
+
+/// The id of the task whose code runs on this thread, or 0.
+pub(crate) fn current_task() -> u64 {
+    CURRENT_TASK.try_with(Cell::get).unwrap_or(0)
+}

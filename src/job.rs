@@ -1,0 +1,252 @@
+//! Blocking jobs: C callbacks run on the runtime's blocking pool (`tb_spawn_blocking`).
+
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::completion::{tb_outcome, tb_task};
+use crate::context;
+use crate::error::{
+    tb_status, Error, TB_ERR_CALLBACK, TB_ERR_CANCELLED, TB_ERR_INVALID_ARG, TB_ERR_PANIC, TB_OK,
+};
+use crate::panic::boundary;
+use crate::pool::Pool;
+use crate::runtime::{self, tb_runtime};
+use crate::task::{micros_between, Task, Work, QUEUED, TASKS};
+use crate::userdata::{tb_free_fn, UserArg};
+
+/// The job a blocking callback is running, as seen from inside the callback.
+///
+/// Opaque. The pointer passed to a `tb_blocking_fn` is valid only during that call and only on
+/// the thread running it: `tb_job_cancelled` and `tb_job_set_result` refuse any other pointer.
+pub struct tb_job {
+    task: *const Task,
+    value: Cell<*mut c_void>,
+}
+
+/// A blocking callback: runs once on a blocking-pool thread with the `arg` given at submission.
+///
+/// Return 0 for success (outcome `TB_OK`); any other value gives the outcome `TB_ERR_CALLBACK`
+/// with that value in `tb_outcome.code`. It may block for as long as it needs. `job` is valid
+/// until it returns and only on this thread.
+#[allow(non_camel_case_types)]
+pub type tb_blocking_fn = Option<unsafe extern "C" fn(arg: *mut c_void, job: *mut tb_job) -> i32>;
+
+struct Payload {
+    func: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32,
+    arg: UserArg,
+}
+
+/// The parts of a task that only blocking jobs have.
+pub(crate) struct Blocking {
+    pool: Arc<Pool>,
+    payload: UnsafeCell<Option<Payload>>,
+}
+
+// SAFETY: `payload` is touched only by the one thread that moved the task out of QUEUED (a
+// drainer starting it, or whoever cancelled it or shut the pool down), so never concurrently.
+unsafe impl Sync for Blocking {}
+
+impl Blocking {
+    /// Takes the payload.
+    ///
+    /// # Safety
+    /// The caller must have won the task's transition out of QUEUED.
+    unsafe fn take_payload(&self) -> Option<Payload> {
+        (*self.payload.get()).take()
+    }
+}
+
+thread_local! {
+    static CURRENT_JOB: Cell<*const tb_job> = const { Cell::new(std::ptr::null()) };
+}
+
+fn blocking(task: &Task) -> &Blocking {
+    match &task.work {
+        Work::Blocking(blocking) => blocking,
+        Work::Async(_) => unreachable!("only blocking tasks reach the pool"),
+    }
+}
+
+/// Runs a started job on this (blocking) thread and completes its task.
+pub(crate) fn run(task: &Arc<Task>) {
+    let started = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the drainer calling us won QUEUED -> RUNNING.
+        let payload =
+            unsafe { blocking(task).take_payload() }.expect("a started job has a payload");
+        let job = tb_job {
+            task: Arc::as_ptr(task),
+            value: Cell::new(std::ptr::null_mut()),
+        };
+        let previous = CURRENT_JOB.with(|c| c.replace(&job));
+        let code = context::as_task(task.id, || {
+            // SAFETY: the caller's callback and argument, called once as documented.
+            unsafe { (payload.func)(payload.arg.ptr(), std::ptr::from_ref(&job).cast_mut()) }
+        });
+        CURRENT_JOB.with(|c| c.set(previous));
+        let ended = Instant::now();
+        context::as_task(task.id, || drop(payload));
+        (code, job.value.get(), ended)
+    }));
+    if task.begin_completion().is_none() {
+        return;
+    }
+    let (status, code, value, ended) = match result {
+        Ok((0, value, ended)) => (TB_OK, 0, value, ended),
+        Ok((code, value, ended)) => (TB_ERR_CALLBACK, code, value, ended),
+        Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), Instant::now()),
+    };
+    task.settle(tb_outcome {
+        status,
+        code,
+        value,
+        ticks: 0,
+        queued_us: micros_between(task.submitted, started),
+        run_us: micros_between(started, ended),
+    });
+}
+
+/// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
+/// thread, then completes it with `status`.
+pub(crate) fn abandon(task: &Task, status: tb_status) {
+    // SAFETY: the caller won the transition out of QUEUED.
+    drop(unsafe { blocking(task).take_payload() });
+    task.settle(tb_outcome {
+        status,
+        queued_us: micros_between(task.submitted, Instant::now()),
+        ..tb_outcome::default()
+    });
+}
+
+/// Cancels a queued job (it never runs) or flags a running one; see `tb_task_cancel`.
+pub(crate) fn cancel_queued(task: &Task) {
+    blocking(task).pool.forget_queued();
+    abandon(task, TB_ERR_CANCELLED);
+}
+
+/// Submits `func(arg, job)` to run once on the runtime's blocking pool.
+///
+/// On success `*out` receives the task handle, `func` will run exactly once on a blocking-pool
+/// thread (never on an async worker) unless the job is cancelled or the runtime shuts down
+/// before it starts, and `free_arg(arg)` (when not NULL) runs exactly once: after `func` returns,
+/// or when the queued job is cancelled (on the thread calling `tb_task_cancel`) or dropped by
+/// shutdown (on the thread calling `tb_runtime_shutdown`). The task finishes after `free_arg`.
+/// On failure nothing runs and the caller keeps ownership of `arg`.
+///
+/// Jobs start in submission order. When `max_queued_blocking` jobs are already waiting, returns
+/// `TB_ERR_BUSY`. Errors: `TB_ERR_NULL` (`func` or `out`), `TB_ERR_BAD_HANDLE`,
+/// `TB_ERR_SHUTDOWN`, `TB_ERR_BUSY`, `TB_ERR_OS` (no thread could be started).
+/// Any thread, including callbacks.
+#[no_mangle]
+pub extern "C" fn tb_spawn_blocking(
+    rt: tb_runtime,
+    func: tb_blocking_fn,
+    arg: *mut c_void,
+    free_arg: tb_free_fn,
+    out: *mut tb_task,
+) -> tb_status {
+    boundary("tb_spawn_blocking", || {
+        let func = func.ok_or_else(|| Error::null("func"))?;
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        let runtime = runtime::lookup(rt)?;
+        let id = TASKS.reserve()?;
+        let task = Arc::new(Task::new(
+            id,
+            Work::Blocking(Blocking {
+                pool: Arc::clone(&runtime.pool),
+                payload: UnsafeCell::new(Some(Payload {
+                    func,
+                    arg: UserArg::new(arg, free_arg),
+                })),
+            }),
+            QUEUED,
+        ));
+        if let Err(error) = runtime.pool.submit(Arc::clone(&task)) {
+            TASKS.unreserve(id);
+            assert!(task.claim(), "an unqueued job is owned by its submitter");
+            // SAFETY: just claimed; the job was never visible to anyone else.
+            if let Some(payload) = unsafe { blocking(&task).take_payload() } {
+                payload.arg.disarm();
+            }
+            return Err(error);
+        }
+        TASKS.publish(id, task);
+        // SAFETY: checked non-NULL; the caller provides space for a tb_task.
+        unsafe { out.write(tb_task { id }) };
+        Ok(TB_OK)
+    })
+}
+
+/// Finds the job running on this thread, refusing any other pointer.
+fn current_job(job: *const tb_job) -> Result<&'static tb_job, Error> {
+    if job.is_null() {
+        return Err(Error::null("job"));
+    }
+    let current = CURRENT_JOB.with(Cell::get);
+    if current != job {
+        return Err(Error::new(
+            TB_ERR_INVALID_ARG,
+            "`job` is not the job running on this thread (it is valid only inside its own \
+             callback, on the thread running it)",
+        ));
+    }
+    // SAFETY: `job` is the live tb_job of the callback running on this thread; it outlives the
+    // callback, and the reference does not escape this call.
+    Ok(unsafe { &*current })
+}
+
+/// Returns true when the running job has been asked to stop.
+///
+/// That is when `tb_task_cancel` was called on its task, or its runtime is shutting down. Long
+/// jobs should check it between chunks of work and return early (cancellation is cooperative:
+/// nothing interrupts a running callback). Call it only from inside the job's own callback, on
+/// its thread; any other pointer (NULL, stale, another job's) returns false and records an
+/// error for `tb_last_error`.
+#[no_mangle]
+pub extern "C" fn tb_job_cancelled(job: *const tb_job) -> bool {
+    boundary("tb_job_cancelled", || {
+        let job = current_job(job)?;
+        // SAFETY: `task` points into the Arc held by the drainer running this job.
+        let task = unsafe { &*job.task };
+        Ok(task.cancel_requested() || blocking(task).pool.is_closed())
+    })
+}
+
+/// Sets the job's result pointer, read back as `tb_outcome.value`.
+///
+/// The library never dereferences or frees `value`: ownership passes to whoever reads the
+/// outcome. The last call wins. Call it only from inside the job's own callback, on its thread;
+/// any other `job` pointer is ignored and records an error for `tb_last_error`.
+#[no_mangle]
+pub extern "C" fn tb_job_set_result(job: *mut tb_job, value: *mut c_void) {
+    boundary("tb_job_set_result", || {
+        current_job(job)?.value.set(value);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TB_ERR_NULL;
+
+    #[test]
+    fn a_foreign_job_pointer_is_refused() {
+        let fake = tb_job {
+            task: std::ptr::null(),
+            value: Cell::new(std::ptr::null_mut()),
+        };
+        assert!(!tb_job_cancelled(&fake));
+        assert!(!tb_job_cancelled(std::ptr::null()));
+        assert_eq!(current_job(&fake).err().unwrap().status, TB_ERR_INVALID_ARG);
+        assert_eq!(
+            current_job(std::ptr::null()).err().unwrap().status,
+            TB_ERR_NULL
+        );
+    }
+}

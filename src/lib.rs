@@ -1,0 +1,31 @@
+//! tokio-bridge: Tokio's two pools for C programs and every language with a C FFI.
+//!
+//! A C program creates a runtime, submits blocking C callbacks (run on Tokio's blocking pool)
+//! and async timers (run on Tokio's async workers), and gets results back through completion
+//! handles. The C API is in `include/tokio_bridge.h`, generated from this crate by `build.rs`.
+//!
+//! Exported concepts, one module each: [`runtime`], [`job`] (blocking jobs), [`timer`] (sleeps
+//! and timers), [`completion`] (task handles: wait, poll, outcome, cancel, callbacks, release,
+//! groups), [`error`] (status codes and the last error) and [`version`]. Plumbing: [`panic`]
+//! (the boundary around every exported function), [`handle`] (generation-checked handle
+//! tables), [`task`] (the completion state machine), [`pool`] (the blocking-job queue),
+//! [`userdata`] (C data with its destructor) and [`context`] (what the current thread does).
+
+#![allow(non_camel_case_types)]
+
+// Exported concepts, in the order the header presents them.
+pub mod completion;
+pub mod error;
+pub mod job;
+pub mod runtime;
+pub mod timer;
+pub mod version;
+
+mod context;
+mod handle;
+mod panic;
+mod pool;
+mod task;
+mod userdata;
+
+pub use userdata::tb_free_fn;

@@ -1,0 +1,231 @@
+//! The queue of blocking jobs of one runtime, drained by threads of Tokio's blocking pool.
+//!
+//! Jobs are not handed to `spawn_blocking` one by one. The runtime keeps its own FIFO queue and
+//! starts *drainers* with `spawn_blocking`: each drainer is a Tokio blocking thread that takes
+//! jobs from the queue until it has been idle for the keep-alive time. Keeping the queue here is
+//! what lets the library
+//! - cancel a queued job at once (its `free_arg` runs before `tb_task_cancel` returns) and end
+//!   every queued job at shutdown, which a job already inside Tokio's queue would not allow;
+//! - bound the queue (`max_queued_blocking`) and count queued and running jobs exactly;
+//! - avoid a thread burst: a new drainer is started only when no drainer is idle and none is
+//!   already starting, so threads grow one at a time, each as soon as the previous one runs,
+//!   and never beyond `max_blocking_threads`.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
+use crate::task::Task;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Arc<Task>>,
+    /// Jobs in `queue` that are still waiting (cancelled ones are skipped when popped).
+    queued: usize,
+    running: usize,
+    drainers: usize,
+    starting: usize,
+    idle: usize,
+    wakeups: usize,
+    closed: bool,
+}
+
+/// The blocking-job queue of one runtime.
+pub(crate) struct Pool {
+    handle: tokio::runtime::Handle,
+    max_threads: usize,
+    max_queued: usize,
+    keep_alive: Duration,
+    closed: AtomicBool,
+    state: Mutex<State>,
+    work: Condvar,
+    idle: Condvar,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        handle: tokio::runtime::Handle,
+        max_threads: usize,
+        max_queued: usize,
+        keep_alive: Duration,
+    ) -> Self {
+        Pool {
+            handle,
+            max_threads,
+            max_queued,
+            keep_alive,
+            closed: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Counters are updated between statements that cannot panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the runtime started shutting down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues a job. On error the job was not queued and will never run.
+    pub(crate) fn submit(self: &Arc<Self>, task: Arc<Task>) -> Result<(), Error> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Error::new(TB_ERR_SHUTDOWN, "the runtime is shutting down"));
+        }
+        if self.max_queued > 0 && state.queued >= self.max_queued {
+            return Err(Error::text(
+                TB_ERR_BUSY,
+                format!(
+                    "{} blocking jobs are already queued (max_queued_blocking)",
+                    state.queued
+                ),
+            ));
+        }
+        state.queue.push_back(Arc::clone(&task));
+        state.queued += 1;
+        if state.idle > 0 {
+            state.idle -= 1;
+            state.wakeups += 1;
+            drop(state);
+            self.work.notify_one();
+            return Ok(());
+        }
+        if !self.reserve_drainer(&mut state) {
+            return Ok(());
+        }
+        drop(state);
+        if self.spawn_drainer() {
+            return Ok(());
+        }
+        // No thread could be started. If none is alive either, nobody would ever run the job.
+        let mut state = self.lock();
+        if state.drainers > 0 {
+            return Ok(());
+        }
+        if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, &task)) {
+            state.queue.remove(at);
+            state.queued -= 1;
+        }
+        Err(Error::new(
+            TB_ERR_OS,
+            "the operating system refused to start a blocking thread",
+        ))
+    }
+
+    /// A queued job was cancelled: it no longer counts as queued.
+    pub(crate) fn forget_queued(&self) {
+        self.lock().queued -= 1;
+    }
+
+    /// Counts one more drainer if the pool should grow now.
+    fn reserve_drainer(&self, state: &mut State) -> bool {
+        if state.closed || state.starting > 0 || state.drainers >= self.max_threads {
+            return false;
+        }
+        state.drainers += 1;
+        state.starting += 1;
+        true
+    }
+
+    /// Starts a reserved drainer on Tokio's blocking pool. False if the OS refused a thread.
+    fn spawn_drainer(self: &Arc<Self>) -> bool {
+        let pool = Arc::clone(self);
+        // Tokio panics when the OS refuses a thread and the pool has none.
+        let spawned = catch_unwind(AssertUnwindSafe(|| {
+            self.handle.spawn_blocking(move || pool.drain());
+        }));
+        if spawned.is_err() {
+            let mut state = self.lock();
+            state.drainers -= 1;
+            state.starting -= 1;
+        }
+        spawned.is_ok()
+    }
+
+    fn drain(self: Arc<Self>) {
+        let mut state = self.lock();
+        state.starting -= 1;
+        if state.queued > 1 && state.idle == 0 && self.reserve_drainer(&mut state) {
+            drop(state);
+            self.spawn_drainer();
+            state = self.lock();
+        }
+        loop {
+            if let Some(task) = state.queue.pop_front() {
+                if !task.start() {
+                    continue; // cancelled while queued; whoever cancelled it ended it
+                }
+                state.queued -= 1;
+                state.running += 1;
+                drop(state);
+                crate::job::run(&task);
+                drop(task);
+                state = self.lock();
+                state.running -= 1;
+                if state.running == 0 && state.closed {
+                    self.idle.notify_all();
+                }
+                continue;
+            }
+            if state.closed {
+                break;
+            }
+            state.idle += 1;
+            let (guard, waited) = self
+                .work
+                .wait_timeout(state, self.keep_alive)
+                .unwrap_or_else(|p| p.into_inner());
+            state = guard;
+            if state.wakeups > 0 {
+                state.wakeups -= 1;
+            } else {
+                state.idle -= 1;
+                if waited.timed_out() && state.queue.is_empty() {
+                    break;
+                }
+            }
+        }
+        state.drainers -= 1;
+    }
+
+    /// Refuses new jobs and takes every queued one out (the caller ends them). Idle drainers
+    /// exit; running jobs go on.
+    pub(crate) fn close(&self) -> Vec<Arc<Task>> {
+        let mut state = self.lock();
+        state.closed = true;
+        self.closed.store(true, Ordering::Release);
+        state.queued = 0;
+        let queued = std::mem::take(&mut state.queue);
+        drop(state);
+        self.work.notify_all();
+        queued.into()
+    }
+
+    /// Waits until no job is running or `deadline` passes. True if none is running.
+    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        let mut state = self.lock();
+        while state.running > 0 {
+            state = match deadline {
+                None => self.idle.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => {
+                        self.idle
+                            .wait_timeout(state, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    _ => return false,
+                },
+            };
+        }
+        true
+    }
+}

@@ -1,0 +1,1068 @@
+//! The C API's documented semantics, checked through the exported functions themselves.
+//!
+//! Timing assertions are generous ratios or lower bounds: these tests run on loaded 2-core
+//! machines.
+
+use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio_bridge::completion::*;
+use tokio_bridge::error::*;
+use tokio_bridge::job::*;
+use tokio_bridge::runtime::*;
+use tokio_bridge::timer::*;
+use tokio_bridge::version::*;
+
+/// What a test's callbacks saw. Leaked, so callbacks may outlive the test body safely.
+#[derive(Default)]
+struct Probe {
+    runs: AtomicUsize,
+    code: AtomicUsize,
+    frees: AtomicUsize,
+    completions: AtomicUsize,
+    cancelled_seen: AtomicBool,
+    sleep_ms: AtomicU64,
+    threads: Mutex<Vec<String>>,
+    statuses: Mutex<Vec<tb_status>>,
+}
+
+fn probe() -> &'static Probe {
+    Box::leak(Box::default())
+}
+
+fn arg(p: &'static Probe) -> *mut c_void {
+    std::ptr::from_ref(p).cast_mut().cast()
+}
+
+unsafe fn from_arg(arg: *mut c_void) -> &'static Probe {
+    &*arg.cast::<Probe>()
+}
+
+fn thread_name() -> String {
+    thread::current().name().unwrap_or("?").to_string()
+}
+
+/// Records its thread, sleeps `sleep_ms`, returns `code`.
+unsafe extern "C" fn job_fn(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+    let p = from_arg(arg);
+    p.threads.lock().unwrap().push(thread_name());
+    thread::sleep(Duration::from_millis(p.sleep_ms.load(Ordering::SeqCst)));
+    p.runs.fetch_add(1, Ordering::SeqCst);
+    p.code.load(Ordering::SeqCst) as i32
+}
+
+/// Works in 5 ms chunks for up to `sleep_ms`, stopping early when cancelled; returns 42 then.
+unsafe extern "C" fn chunked_fn(arg: *mut c_void, job: *mut tb_job) -> i32 {
+    let p = from_arg(arg);
+    p.runs.fetch_add(1, Ordering::SeqCst);
+    let end = Instant::now() + Duration::from_millis(p.sleep_ms.load(Ordering::SeqCst));
+    while Instant::now() < end {
+        if tb_job_cancelled(job) {
+            p.cancelled_seen.store(true, Ordering::SeqCst);
+            return 42;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    0
+}
+
+unsafe extern "C" fn result_fn(_arg: *mut c_void, job: *mut tb_job) -> i32 {
+    tb_job_set_result(job, 0xdead_usize as *mut c_void);
+    0
+}
+
+unsafe extern "C" fn free_fn(arg: *mut c_void) {
+    from_arg(arg).frees.fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe extern "C" fn complete_fn(arg: *mut c_void, _t: tb_task, outcome: *const tb_outcome) {
+    let p = from_arg(arg);
+    p.threads.lock().unwrap().push(thread_name());
+    p.statuses.lock().unwrap().push((*outcome).status);
+    p.completions.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Stops after `sleep_ms` ticks with code 7; records its thread.
+unsafe extern "C" fn tick_fn(arg: *mut c_void, tick: u64) -> i32 {
+    let p = from_arg(arg);
+    p.threads.lock().unwrap().push(thread_name());
+    p.runs.fetch_add(1, Ordering::SeqCst);
+    if tick + 1 >= p.sleep_ms.load(Ordering::SeqCst) {
+        7
+    } else {
+        0
+    }
+}
+
+fn config(workers: u32, max_blocking: u32) -> tb_runtime_config {
+    let mut cfg = tb_runtime_config::default();
+    tb_runtime_config_init(&mut cfg);
+    cfg.worker_threads = workers;
+    cfg.max_blocking_threads = max_blocking;
+    cfg
+}
+
+fn runtime_with(cfg: &tb_runtime_config) -> tb_runtime {
+    let mut rt = tb_runtime::default();
+    assert_eq!(tb_runtime_new(cfg, &mut rt), TB_OK, "{}", last_error());
+    rt
+}
+
+fn runtime() -> tb_runtime {
+    runtime_with(&config(2, 8))
+}
+
+fn shutdown(rt: tb_runtime) {
+    assert_eq!(tb_runtime_shutdown(rt, 10_000), TB_OK, "{}", last_error());
+}
+
+fn last_error() -> String {
+    let mut buf = [0u8; 512];
+    let n = tb_last_error(buf.as_mut_ptr().cast(), buf.len());
+    assert!(n < buf.len());
+    CStr::from_bytes_until_nul(&buf)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn spawn(rt: tb_runtime, f: tb_blocking_fn, p: &'static Probe) -> tb_task {
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(rt, f, arg(p), Some(free_fn), &mut t),
+        TB_OK,
+        "{}",
+        last_error()
+    );
+    t
+}
+
+fn outcome(t: tb_task) -> tb_outcome {
+    let mut o = tb_outcome::default();
+    assert_eq!(tb_task_wait(t, TB_FOREVER), TB_OK);
+    assert_eq!(tb_task_outcome(t, &mut o), TB_OK);
+    o
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_blocking_job_runs_once_on_a_blocking_thread_then_frees_its_arg() {
+    let rt = runtime();
+    let p = probe();
+    let t = spawn(rt, Some(job_fn), p);
+    let o = outcome(t);
+    assert_eq!((o.status, o.code), (TB_OK, 0));
+    assert_eq!(p.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        p.frees.load(Ordering::SeqCst),
+        1,
+        "free_arg ran before the task finished"
+    );
+    let name = p.threads.lock().unwrap()[0].clone();
+    assert!(name.starts_with("tb-blocking-"), "{name}");
+    assert_eq!(tb_task_release(t), TB_OK);
+    shutdown(rt);
+}
+
+#[test]
+fn a_non_zero_return_is_a_callback_error_with_its_code() {
+    let rt = runtime();
+    let p = probe();
+    p.code.store(5, Ordering::SeqCst);
+    let o = outcome(spawn(rt, Some(job_fn), p));
+    assert_eq!((o.status, o.code), (TB_ERR_CALLBACK, 5));
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(result_fn), std::ptr::null_mut(), None, &mut t),
+        TB_OK
+    );
+    assert_eq!(outcome(t).value as usize, 0xdead);
+    shutdown(rt);
+}
+
+#[test]
+fn the_outcome_measures_queue_and_run_time() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(50, Ordering::SeqCst);
+    let o = outcome(spawn(rt, Some(job_fn), p));
+    assert!(o.run_us >= 45_000, "run_us {}", o.run_us);
+    assert!(o.queued_us < o.run_us);
+    shutdown(rt);
+}
+
+#[test]
+fn failed_submissions_never_run_or_free_anything() {
+    let rt = runtime();
+    let p = probe();
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(rt, None, arg(p), Some(free_fn), &mut t),
+        TB_ERR_NULL
+    );
+    assert!(last_error().contains("func"));
+    assert_eq!(
+        tb_spawn_blocking(
+            rt,
+            Some(job_fn),
+            arg(p),
+            Some(free_fn),
+            std::ptr::null_mut()
+        ),
+        TB_ERR_NULL
+    );
+    assert!(last_error().contains("out"));
+    let forged = tb_runtime {
+        id: 0x1000_0000_dead_beef,
+    };
+    assert_eq!(
+        tb_spawn_blocking(forged, Some(job_fn), arg(p), Some(free_fn), &mut t),
+        TB_ERR_BAD_HANDLE
+    );
+    assert_eq!(
+        tb_timer_start(forged, 1, 1, Some(tick_fn), arg(p), Some(free_fn), &mut t),
+        TB_ERR_BAD_HANDLE
+    );
+    assert_eq!(
+        tb_timer_start(rt, 1, 1, None, arg(p), Some(free_fn), &mut t),
+        TB_ERR_NULL
+    );
+    assert_eq!(tb_sleep(rt, 1, std::ptr::null_mut()), TB_ERR_NULL);
+    assert_eq!(
+        t,
+        tb_task::default(),
+        "out-params are written only on success"
+    );
+    shutdown(rt);
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(job_fn), arg(p), Some(free_fn), &mut t),
+        TB_ERR_SHUTDOWN
+    );
+    assert_eq!(
+        tb_timer_start(rt, 1, 1, Some(tick_fn), arg(p), Some(free_fn), &mut t),
+        TB_ERR_SHUTDOWN
+    );
+    assert_eq!(tb_sleep(rt, 1, &mut t), TB_ERR_SHUTDOWN);
+    assert!(last_error().contains("shut down"), "{}", last_error());
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(p.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(p.frees.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn the_queue_bound_returns_busy_and_loses_nothing() {
+    let mut cfg = config(1, 1);
+    cfg.max_queued_blocking = 2;
+    let rt = runtime_with(&cfg);
+    let blocker = probe();
+    blocker.sleep_ms.store(200, Ordering::SeqCst);
+    let running = spawn(rt, Some(job_fn), blocker);
+    wait_until("the blocker runs", || {
+        blocker.threads.lock().unwrap().len() == 1
+    });
+    let p = probe();
+    let queued: Vec<tb_task> = (0..2).map(|_| spawn(rt, Some(job_fn), p)).collect();
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(job_fn), arg(p), Some(free_fn), &mut t),
+        TB_ERR_BUSY
+    );
+    assert!(last_error().contains("max_queued_blocking"));
+    assert_eq!(tb_task_cancel(queued[1]), TB_OK, "cancelling frees a place");
+    let third = spawn(rt, Some(job_fn), p);
+    for t in [running, queued[0], third] {
+        assert_eq!(outcome(t).status, TB_OK);
+    }
+    assert_eq!(p.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(p.frees.load(Ordering::SeqCst), 3);
+    shutdown(rt);
+}
+
+#[test]
+fn the_pool_never_runs_more_jobs_than_max_blocking_threads() {
+    let rt = runtime_with(&config(1, 4));
+    let in_flight = Box::leak(Box::new((AtomicUsize::new(0), AtomicUsize::new(0))));
+    unsafe extern "C" fn counted(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        let (now, peak) = &*arg.cast::<(AtomicUsize, AtomicUsize)>();
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
+        now.fetch_sub(1, Ordering::SeqCst);
+        0
+    }
+    let started = Instant::now();
+    let tasks: Vec<tb_task> = (0..8)
+        .map(|_| {
+            let mut t = tb_task::default();
+            let a = std::ptr::from_mut(in_flight).cast();
+            assert_eq!(tb_spawn_blocking(rt, Some(counted), a, None, &mut t), TB_OK);
+            t
+        })
+        .collect();
+    assert_eq!(tb_wait_all(tasks.as_ptr(), tasks.len(), TB_FOREVER), TB_OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(95),
+        "two rounds of 50 ms"
+    );
+    assert_eq!(in_flight.1.load(Ordering::SeqCst), 4);
+    shutdown(rt);
+}
+
+#[test]
+fn a_sleep_finishes_after_its_delay_on_a_worker() {
+    let rt = runtime();
+    let started = Instant::now();
+    let mut t = tb_task::default();
+    assert_eq!(tb_sleep(rt, 60, &mut t), TB_OK);
+    assert_eq!(tb_task_poll(t), TB_PENDING);
+    let p = probe();
+    assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(p)), TB_OK);
+    let o = outcome(t);
+    assert!(started.elapsed() >= Duration::from_millis(59));
+    assert_eq!(o.status, TB_OK);
+    assert!(p.threads.lock().unwrap()[0].starts_with("tb-worker-"));
+    shutdown(rt);
+}
+
+#[test]
+fn a_timer_ticks_on_a_worker_until_its_callback_stops_it() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(3, Ordering::SeqCst); // stop at the third tick
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_timer_start(rt, 5, 10, Some(tick_fn), arg(p), Some(free_fn), &mut t),
+        TB_OK
+    );
+    let o = outcome(t);
+    assert_eq!((o.status, o.code, o.ticks), (TB_OK, 7, 3));
+    assert_eq!(p.frees.load(Ordering::SeqCst), 1);
+    assert!(p
+        .threads
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|n| n.starts_with("tb-worker-")));
+
+    let once = probe();
+    once.sleep_ms.store(100, Ordering::SeqCst);
+    assert_eq!(
+        tb_timer_start(rt, 1, 0, Some(tick_fn), arg(once), Some(free_fn), &mut t),
+        TB_OK
+    );
+    let o = outcome(t);
+    assert_eq!(
+        (o.status, o.code, o.ticks),
+        (TB_OK, 0, 1),
+        "period 0 runs once"
+    );
+    shutdown(rt);
+}
+
+#[test]
+fn missed_ticks_are_delayed_not_burst() {
+    // The first tick blocks its worker for 100 ms, missing ten 10 ms periods.
+    static TIMES: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+    unsafe extern "C" fn slow_first(_arg: *mut c_void, tick: u64) -> i32 {
+        TIMES.lock().unwrap().push(Instant::now());
+        if tick == 0 {
+            thread::sleep(Duration::from_millis(100));
+        }
+        i32::from(tick == 3)
+    }
+    let rt = runtime();
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_timer_start(
+            rt,
+            0,
+            10,
+            Some(slow_first),
+            std::ptr::null_mut(),
+            None,
+            &mut t
+        ),
+        TB_OK
+    );
+    assert_eq!(outcome(t).ticks, 4);
+    let times = TIMES.lock().unwrap();
+    for pair in times[1..].windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(8),
+            "ticks burst: {times:?}"
+        );
+    }
+    shutdown(rt);
+}
+
+#[test]
+fn wait_times_out_and_the_job_still_finishes_later() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(300, Ordering::SeqCst);
+    let t = spawn(rt, Some(job_fn), p);
+    assert_eq!(tb_task_wait(t, 0), TB_TIMED_OUT, "0 only checks");
+    let started = Instant::now();
+    assert_eq!(tb_task_wait(t, 50), TB_TIMED_OUT);
+    assert!(started.elapsed() >= Duration::from_millis(49));
+    let mut o = tb_outcome::default();
+    assert_eq!(tb_task_outcome(t, &mut o), TB_PENDING);
+    assert_eq!(tb_task_outcome(t, std::ptr::null_mut()), TB_ERR_NULL);
+    assert_eq!(outcome(t).status, TB_OK);
+    assert_eq!(p.frees.load(Ordering::SeqCst), 1);
+    shutdown(rt);
+}
+
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_waiter_sleeps_instead_of_spinning() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(400, Ordering::SeqCst);
+    let t = spawn(rt, Some(job_fn), p);
+    let before = thread_cpu_time();
+    assert_eq!(tb_task_wait(t, TB_FOREVER), TB_OK);
+    let spent = thread_cpu_time() - before;
+    assert!(
+        spent < Duration::from_millis(100),
+        "waiting 400 ms cost {spent:?} of CPU"
+    );
+    shutdown(rt);
+}
+
+#[test]
+fn waiting_inside_a_timer_callback_is_refused() {
+    static RESULTS: Mutex<Vec<tb_status>> = Mutex::new(Vec::new());
+    unsafe extern "C" fn waits(arg: *mut c_void, _tick: u64) -> i32 {
+        let t = *arg.cast::<tb_task>();
+        let mut index = 0;
+        let mut results = RESULTS.lock().unwrap();
+        results.push(tb_task_wait(t, 100));
+        results.push(tb_task_wait(t, 0));
+        results.push(tb_wait_all(&t, 1, 100));
+        results.push(tb_wait_any(&t, 1, 100, &mut index));
+        1
+    }
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(500, Ordering::SeqCst);
+    let job = Box::leak(Box::new(spawn(rt, Some(job_fn), p)));
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_timer_start(
+            rt,
+            1,
+            0,
+            Some(waits),
+            std::ptr::from_mut(job).cast(),
+            None,
+            &mut t
+        ),
+        TB_OK
+    );
+    outcome(t);
+    assert_eq!(
+        *RESULTS.lock().unwrap(),
+        [
+            TB_ERR_ON_RUNTIME_THREAD,
+            TB_TIMED_OUT,
+            TB_ERR_ON_RUNTIME_THREAD,
+            TB_ERR_ON_RUNTIME_THREAD
+        ]
+    );
+    shutdown(rt);
+}
+
+#[test]
+fn a_job_waiting_for_itself_is_refused() {
+    unsafe extern "C" fn self_wait(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        let slot = &*arg.cast::<Mutex<tb_task>>();
+        let me = *slot.lock().unwrap();
+        tb_task_wait(me, 1000)
+    }
+    let rt = runtime_with(&config(1, 1));
+    let gate = probe();
+    gate.sleep_ms.store(50, Ordering::SeqCst);
+    let first = spawn(rt, Some(job_fn), gate); // holds the only thread while the slot is filled
+    let slot: &'static Mutex<tb_task> = Box::leak(Box::default());
+    let mut t = tb_task::default();
+    let a = std::ptr::from_ref(slot).cast_mut().cast();
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(self_wait), a, None, &mut t),
+        TB_OK
+    );
+    *slot.lock().unwrap() = t;
+    outcome(first);
+    let o = outcome(t);
+    assert_eq!((o.status, o.code), (TB_ERR_CALLBACK, TB_ERR_INVALID_ARG));
+    shutdown(rt);
+}
+
+#[test]
+fn wait_all_and_wait_any_follow_the_slowest_and_the_fastest() {
+    let rt = runtime();
+    let (slow, fast) = (probe(), probe());
+    slow.sleep_ms.store(300, Ordering::SeqCst);
+    fast.sleep_ms.store(10, Ordering::SeqCst);
+    let tasks = [spawn(rt, Some(job_fn), slow), spawn(rt, Some(job_fn), fast)];
+    let mut index = 99;
+    assert_eq!(
+        tb_wait_any(tasks.as_ptr(), 2, TB_FOREVER, &mut index),
+        TB_OK
+    );
+    assert_eq!(index, 1);
+    assert_eq!(tb_wait_all(tasks.as_ptr(), 2, 10), TB_TIMED_OUT);
+    assert_eq!(tb_wait_all(tasks.as_ptr(), 2, TB_FOREVER), TB_OK);
+    assert_eq!(tb_wait_any(tasks.as_ptr(), 2, 0, &mut index), TB_OK);
+    assert_eq!(index, 0, "the lowest finished index");
+    assert_eq!(tb_wait_all(std::ptr::null(), 0, TB_FOREVER), TB_OK);
+    assert_eq!(tb_wait_all(std::ptr::null(), 1, TB_FOREVER), TB_ERR_NULL);
+    assert_eq!(
+        tb_wait_any(tasks.as_ptr(), 0, 0, &mut index),
+        TB_ERR_INVALID_ARG
+    );
+    assert_eq!(
+        tb_wait_any(tasks.as_ptr(), 2, 0, std::ptr::null_mut()),
+        TB_ERR_NULL
+    );
+    let with_bad = [tasks[0], tb_task { id: 0 }];
+    assert_eq!(tb_wait_all(with_bad.as_ptr(), 2, 0), TB_ERR_BAD_HANDLE);
+    assert!(last_error().contains("tasks[1]"), "{}", last_error());
+
+    let mut pending = tb_task::default();
+    assert_eq!(tb_sleep(rt, 10_000, &mut pending), TB_OK);
+    let started = Instant::now();
+    assert_eq!(tb_wait_any(&pending, 1, 30, &mut index), TB_TIMED_OUT);
+    assert!(started.elapsed() >= Duration::from_millis(29));
+    shutdown(rt);
+}
+
+#[test]
+fn cancelling_a_queued_job_frees_it_at_once_and_it_never_runs() {
+    let rt = runtime_with(&config(1, 1));
+    let blocker = probe();
+    blocker.sleep_ms.store(200, Ordering::SeqCst);
+    let running = spawn(rt, Some(job_fn), blocker);
+    let p = probe();
+    let queued = spawn(rt, Some(job_fn), p);
+    let cb = probe();
+    assert_eq!(
+        tb_task_on_complete(queued, Some(complete_fn), arg(cb)),
+        TB_OK
+    );
+    assert_eq!(tb_task_cancel(queued), TB_OK);
+    assert_eq!(
+        p.frees.load(Ordering::SeqCst),
+        1,
+        "free_arg ran before cancel returned"
+    );
+    assert_eq!(
+        cb.completions.load(Ordering::SeqCst),
+        1,
+        "and so did the callback"
+    );
+    assert_eq!(
+        cb.threads.lock().unwrap()[0],
+        thread_name(),
+        "on the cancelling thread"
+    );
+    assert_eq!(tb_task_poll(queued), TB_OK);
+    assert_eq!(outcome(queued).status, TB_ERR_CANCELLED);
+    assert_eq!(tb_task_cancel(queued), TB_ERR_ALREADY);
+    outcome(running);
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(p.runs.load(Ordering::SeqCst), 0, "never runs");
+    shutdown(rt);
+}
+
+#[test]
+fn cancelling_a_running_job_is_busy_and_cooperative() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(10_000, Ordering::SeqCst);
+    let t = spawn(rt, Some(chunked_fn), p);
+    wait_until("the job runs", || p.runs.load(Ordering::SeqCst) == 1);
+    let started = Instant::now();
+    assert_eq!(tb_task_cancel(t), TB_ERR_BUSY);
+    assert!(last_error().contains("running"));
+    let o = outcome(t);
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped early");
+    assert!(p.cancelled_seen.load(Ordering::SeqCst));
+    assert_eq!(
+        (o.status, o.code),
+        (TB_ERR_CALLBACK, 42),
+        "the outcome is what the job returned"
+    );
+    assert_eq!(tb_task_cancel(t), TB_ERR_ALREADY);
+    shutdown(rt);
+}
+
+#[test]
+fn cancelling_sleeps_and_timers_stops_them() {
+    let rt = runtime();
+    let mut s = tb_task::default();
+    assert_eq!(tb_sleep(rt, 60_000, &mut s), TB_OK);
+    assert_eq!(tb_task_cancel(s), TB_OK);
+    assert_eq!(outcome(s).status, TB_ERR_CANCELLED);
+
+    let p = probe();
+    p.sleep_ms.store(u64::MAX, Ordering::SeqCst); // never stops by itself
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_timer_start(rt, 0, 5, Some(tick_fn), arg(p), Some(free_fn), &mut t),
+        TB_OK
+    );
+    wait_until("three ticks", || p.runs.load(Ordering::SeqCst) >= 3);
+    assert_eq!(tb_task_cancel(t), TB_OK);
+    let o = outcome(t);
+    assert_eq!(o.status, TB_ERR_CANCELLED);
+    let ticks = p.runs.load(Ordering::SeqCst);
+    assert_eq!(o.ticks as usize, ticks);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        p.runs.load(Ordering::SeqCst),
+        ticks,
+        "no tick after the cancel"
+    );
+    assert_eq!(p.frees.load(Ordering::SeqCst), 1);
+    assert_eq!(tb_task_cancel(t), TB_ERR_ALREADY);
+    shutdown(rt);
+}
+
+#[test]
+fn a_completion_callback_runs_once_on_the_thread_that_finishes_the_task() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(30, Ordering::SeqCst);
+    let t = spawn(rt, Some(job_fn), p);
+    let cb = probe();
+    assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
+    assert_eq!(
+        tb_task_on_complete(t, Some(complete_fn), arg(cb)),
+        TB_ERR_ALREADY
+    );
+    assert_eq!(tb_task_on_complete(t, None, arg(cb)), TB_ERR_NULL);
+    outcome(t);
+    assert_eq!(
+        cb.completions.load(Ordering::SeqCst),
+        1,
+        "finished only after the callback"
+    );
+    assert!(cb.threads.lock().unwrap()[0].starts_with("tb-blocking-"));
+
+    // Registered after the end: runs at once, on the caller's thread.
+    let late = spawn(rt, Some(job_fn), probe());
+    outcome(late);
+    let cb2 = probe();
+    assert_eq!(
+        tb_task_on_complete(late, Some(complete_fn), arg(cb2)),
+        TB_OK
+    );
+    assert_eq!(cb2.completions.load(Ordering::SeqCst), 1);
+    assert_eq!(cb2.threads.lock().unwrap()[0], thread_name());
+    shutdown(rt);
+}
+
+#[test]
+fn on_complete_racing_completion_fires_exactly_once() {
+    let rt = runtime();
+    let cb = probe();
+    let n = 2000;
+    let tasks: Vec<tb_task> = (0..n)
+        .map(|_| {
+            let mut t = tb_task::default();
+            assert_eq!(
+                tb_spawn_blocking(rt, Some(result_fn), std::ptr::null_mut(), None, &mut t),
+                TB_OK
+            );
+            assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
+            t
+        })
+        .collect();
+    assert_eq!(tb_wait_all(tasks.as_ptr(), n, TB_FOREVER), TB_OK);
+    assert_eq!(cb.completions.load(Ordering::SeqCst), n);
+    for t in tasks {
+        assert_eq!(tb_task_release(t), TB_OK);
+    }
+    shutdown(rt);
+}
+
+#[test]
+fn cancel_racing_start_has_exactly_one_winner() {
+    let rt = runtime_with(&config(1, 4));
+    let p = probe();
+    let cb = probe();
+    let n = 2000;
+    let (mut cancelled, mut ran) = (0, 0);
+    for _ in 0..n {
+        let t = spawn(rt, Some(result_fn), p);
+        assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
+        match tb_task_cancel(t) {
+            TB_OK => {
+                cancelled += 1;
+                assert_eq!(outcome(t).status, TB_ERR_CANCELLED);
+            }
+            TB_ERR_BUSY | TB_ERR_ALREADY => {
+                ran += 1;
+                assert_eq!(outcome(t).status, TB_OK);
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert_eq!(tb_task_release(t), TB_OK);
+    }
+    assert_eq!(cancelled + ran, n);
+    wait_until("all callbacks", || {
+        cb.completions.load(Ordering::SeqCst) == n
+    });
+    assert_eq!(p.frees.load(Ordering::SeqCst), n);
+    shutdown(rt);
+}
+
+#[test]
+fn handles_are_checked_by_type_generation_and_liveness() {
+    let rt = runtime();
+    let t = spawn(rt, Some(job_fn), probe());
+    outcome(t);
+    for bad in [
+        tb_task { id: 0 },
+        tb_task {
+            id: 0x2000_0000_ffff_ffff,
+        },
+        tb_task { id: u64::MAX },
+        tb_task { id: rt.id }, // a runtime passed as a task
+    ] {
+        assert_eq!(tb_task_poll(bad), TB_ERR_BAD_HANDLE, "{bad:?}");
+        assert_eq!(tb_task_wait(bad, 0), TB_ERR_BAD_HANDLE);
+        assert_eq!(tb_task_cancel(bad), TB_ERR_BAD_HANDLE);
+        assert_eq!(tb_task_release(bad), TB_ERR_BAD_HANDLE);
+        assert_eq!(
+            tb_task_on_complete(bad, Some(complete_fn), std::ptr::null_mut()),
+            TB_ERR_BAD_HANDLE
+        );
+    }
+    assert!(last_error().contains("wrong type"), "{}", last_error());
+    assert_eq!(
+        tb_sleep(tb_runtime { id: t.id }, 1, &mut tb_task::default()),
+        TB_ERR_BAD_HANDLE
+    );
+    assert_eq!(tb_task_release(t), TB_OK);
+    assert_eq!(tb_task_release(t), TB_ERR_BAD_HANDLE, "double release");
+    assert!(last_error().contains("not live"));
+    assert_eq!(tb_task_poll(t), TB_ERR_BAD_HANDLE, "stale");
+    assert_eq!(
+        tb_task_outcome(t, &mut tb_outcome::default()),
+        TB_ERR_BAD_HANDLE
+    );
+    shutdown(rt);
+}
+
+#[test]
+fn a_released_task_runs_to_its_end_and_its_slot_is_reused() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(50, Ordering::SeqCst);
+    let cb = probe();
+    let t = spawn(rt, Some(job_fn), p);
+    assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
+    assert_eq!(tb_task_release(t), TB_OK);
+    wait_until("the released job ends", || {
+        cb.completions.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(
+        (
+            p.runs.load(Ordering::SeqCst),
+            p.frees.load(Ordering::SeqCst)
+        ),
+        (1, 1)
+    );
+    // Memory of released tasks is reused: the next task on this thread takes the same slot.
+    let next = spawn(rt, Some(result_fn), probe());
+    assert_eq!(next.id & 0xffff_ffff, t.id & 0xffff_ffff);
+    assert_ne!(next.id, t.id);
+    outcome(next);
+    shutdown(rt);
+}
+
+#[test]
+fn shutdown_ends_queued_jobs_and_timers_and_waits_for_running_ones() {
+    let rt = runtime_with(&config(1, 2));
+    let running = probe();
+    running.sleep_ms.store(150, Ordering::SeqCst);
+    let cb = probe();
+    let r: Vec<tb_task> = (0..2).map(|_| spawn(rt, Some(job_fn), running)).collect();
+    wait_until("both run", || running.threads.lock().unwrap().len() == 2);
+    let queued = probe();
+    let q: Vec<tb_task> = (0..100).map(|_| spawn(rt, Some(job_fn), queued)).collect();
+    let ticking = probe();
+    ticking.sleep_ms.store(u64::MAX, Ordering::SeqCst);
+    let mut timer = tb_task::default();
+    assert_eq!(
+        tb_timer_start(
+            rt,
+            0,
+            5,
+            Some(tick_fn),
+            arg(ticking),
+            Some(free_fn),
+            &mut timer
+        ),
+        TB_OK
+    );
+    for &t in r.iter().chain(&q).chain([&timer]) {
+        assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
+    }
+    assert_eq!(tb_runtime_shutdown(rt, 10_000), TB_OK);
+    assert_eq!(
+        cb.completions.load(Ordering::SeqCst),
+        103,
+        "every callback ran before TB_OK"
+    );
+    assert_eq!(queued.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(queued.frees.load(Ordering::SeqCst), 100);
+    assert_eq!(running.frees.load(Ordering::SeqCst), 2);
+    assert_eq!(ticking.frees.load(Ordering::SeqCst), 1);
+    for &t in &r {
+        assert_eq!(outcome(t).status, TB_OK);
+    }
+    for &t in &q {
+        assert_eq!(outcome(t).status, TB_ERR_SHUTDOWN);
+    }
+    assert_eq!(outcome(timer).status, TB_ERR_SHUTDOWN);
+    thread::sleep(Duration::from_millis(30));
+    assert_eq!(
+        cb.completions.load(Ordering::SeqCst),
+        103,
+        "nothing after TB_OK"
+    );
+    assert_eq!(
+        tb_runtime_shutdown(rt, 0),
+        TB_ERR_SHUTDOWN,
+        "the handle is dead"
+    );
+}
+
+#[test]
+fn shutdown_times_out_and_the_running_job_is_recorded_later() {
+    let rt = runtime();
+    let p = probe();
+    p.sleep_ms.store(400, Ordering::SeqCst);
+    let t = spawn(rt, Some(chunked_fn), p);
+    let slow = probe();
+    slow.sleep_ms.store(400, Ordering::SeqCst);
+    let plain = spawn(rt, Some(job_fn), slow);
+    wait_until("both run", || {
+        p.runs.load(Ordering::SeqCst) == 1 && slow.threads.lock().unwrap().len() == 1
+    });
+    let started = Instant::now();
+    assert_eq!(tb_runtime_shutdown(rt, 50), TB_TIMED_OUT);
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    let o = outcome(plain);
+    assert_eq!(o.status, TB_OK, "recorded normally");
+    assert_eq!(slow.frees.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        outcome(t).code,
+        42,
+        "tb_job_cancelled turned true at shutdown"
+    );
+}
+
+#[test]
+fn shutdown_from_inside_callbacks_does_not_deadlock() {
+    static RESULTS: Mutex<Vec<tb_status>> = Mutex::new(Vec::new());
+    unsafe extern "C" fn stop_from_timer(arg: *mut c_void, _tick: u64) -> i32 {
+        RESULTS
+            .lock()
+            .unwrap()
+            .push(tb_runtime_shutdown(*arg.cast::<tb_runtime>(), TB_FOREVER));
+        1
+    }
+    unsafe extern "C" fn stop_from_job(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        RESULTS
+            .lock()
+            .unwrap()
+            .push(tb_runtime_shutdown(*arg.cast::<tb_runtime>(), TB_FOREVER));
+        0
+    }
+    for current_thread in [false, true] {
+        for from_job in [false, true] {
+            let mut cfg = config(if current_thread { 1 } else { 2 }, 4);
+            cfg.flavor = if current_thread {
+                TB_CURRENT_THREAD
+            } else {
+                TB_MULTI_THREAD
+            };
+            let rt = Box::leak(Box::new(runtime_with(&cfg)));
+            let a = std::ptr::from_mut(rt).cast();
+            let mut t = tb_task::default();
+            let status = if from_job {
+                tb_spawn_blocking(*rt, Some(stop_from_job), a, None, &mut t)
+            } else {
+                tb_timer_start(*rt, 1, 0, Some(stop_from_timer), a, None, &mut t)
+            };
+            assert_eq!(status, TB_OK);
+            let o = outcome(t);
+            assert_eq!(o.status, TB_OK);
+            assert_eq!(RESULTS.lock().unwrap().pop(), Some(TB_PENDING));
+            let mut s = tb_task::default();
+            assert_eq!(tb_sleep(*rt, 1, &mut s), TB_ERR_SHUTDOWN);
+        }
+    }
+}
+
+#[test]
+fn a_current_thread_runtime_runs_timers_on_its_own_thread() {
+    let mut cfg = config(0, 4);
+    cfg.flavor = TB_CURRENT_THREAD;
+    let name = c"ct";
+    cfg.thread_name = name.as_ptr();
+    let rt = runtime_with(&cfg);
+    let p = probe();
+    p.sleep_ms.store(2, Ordering::SeqCst);
+    let mut t = tb_task::default();
+    assert_eq!(
+        tb_timer_start(rt, 1, 1, Some(tick_fn), arg(p), None, &mut t),
+        TB_OK
+    );
+    outcome(t);
+    let job = spawn(rt, Some(job_fn), probe());
+    let cb = probe();
+    assert_eq!(tb_task_on_complete(job, Some(complete_fn), arg(cb)), TB_OK);
+    outcome(job);
+    assert!(p.threads.lock().unwrap().iter().all(|n| n == "ct-worker-0"));
+    assert!(cb.threads.lock().unwrap()[0].starts_with("ct-blocking-"));
+    shutdown(rt);
+}
+
+#[test]
+fn the_default_runtime_is_shared_and_cannot_be_shut_down() {
+    let (mut a, mut b) = (tb_runtime::default(), tb_runtime::default());
+    assert_eq!(tb_runtime_default(&mut a), TB_OK);
+    assert_eq!(tb_runtime_default(&mut b), TB_OK);
+    assert_eq!(a, b);
+    assert_eq!(tb_runtime_default(std::ptr::null_mut()), TB_ERR_NULL);
+    assert_eq!(outcome(spawn(a, Some(result_fn), probe())).status, TB_OK);
+    assert_eq!(tb_runtime_shutdown(a, 0), TB_ERR_INVALID_ARG);
+    assert!(last_error().contains("default runtime"));
+}
+
+#[test]
+fn configs_are_validated_and_named_in_the_error() {
+    let mut rt = tb_runtime::default();
+    assert_eq!(
+        tb_runtime_new(std::ptr::null(), std::ptr::null_mut()),
+        TB_ERR_NULL
+    );
+    let mut cfg = config(0, 0);
+    cfg.flavor = 9;
+    assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_ERR_INVALID_ARG);
+    assert!(last_error().contains("flavor"));
+    let mut cfg = config(0, 0);
+    cfg.struct_size = 1000;
+    assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_ERR_INVALID_ARG);
+    assert!(last_error().contains("struct_size"));
+    let mut cfg = config(5000, 0);
+    assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_ERR_INVALID_ARG);
+    assert!(last_error().contains("worker_threads"));
+    cfg = config(0, 0);
+    cfg.thread_name = c"".as_ptr();
+    assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_ERR_INVALID_ARG);
+    assert!(last_error().contains("thread_name"));
+    assert_eq!(rt, tb_runtime::default());
+    tb_runtime_config_init(std::ptr::null_mut()); // recorded, no crash
+    assert!(last_error().contains("cfg"));
+    assert_eq!(
+        tb_runtime_new(std::ptr::null(), &mut rt),
+        TB_OK,
+        "NULL means defaults"
+    );
+    shutdown(rt);
+}
+
+#[test]
+fn status_names_messages_and_the_last_error_are_usable_from_c() {
+    let name = |s| {
+        unsafe { CStr::from_ptr(tb_status_name(s)) }
+            .to_str()
+            .unwrap()
+    };
+    assert_eq!(name(TB_ERR_BAD_HANDLE), "TB_ERR_BAD_HANDLE");
+    assert_eq!(name(TB_OK), "TB_OK");
+    assert_eq!(name(12345), "TB_UNKNOWN");
+    let message = unsafe { CStr::from_ptr(tb_status_message(TB_ERR_BUSY)) };
+    assert!(message.to_str().unwrap().contains("running"));
+    assert!(!tb_status_message(-999).is_null());
+
+    let fresh = thread::spawn(|| tb_last_error(std::ptr::null_mut(), 0))
+        .join()
+        .unwrap();
+    assert_eq!(fresh, 0, "no failure yet on a new thread");
+    assert_eq!(tb_task_poll(tb_task { id: 0 }), TB_ERR_BAD_HANDLE);
+    let full = tb_last_error(std::ptr::null_mut(), 0);
+    assert!(full > 20);
+    let mut small = [0x55u8; 8];
+    assert_eq!(tb_last_error(small.as_mut_ptr().cast(), small.len()), full);
+    assert_eq!(small[7], 0, "truncated and NUL-terminated");
+    assert_eq!(&small[..7], b"tb_task");
+    let text = last_error();
+    assert!(
+        text.starts_with("tb_task_poll: task handle 0x0000000000000000 is zero"),
+        "{text}"
+    );
+    assert!(text.ends_with("(TB_ERR_BAD_HANDLE)"));
+}
+
+#[test]
+fn the_version_matches_cargo() {
+    let expected = (env!("CARGO_PKG_VERSION_MAJOR").parse::<u32>().unwrap() << 16)
+        | (env!("CARGO_PKG_VERSION_MINOR").parse::<u32>().unwrap() << 8)
+        | env!("CARGO_PKG_VERSION_PATCH").parse::<u32>().unwrap();
+    assert_eq!(tb_version(), expected);
+    let text = unsafe { CStr::from_ptr(tb_version_string()) };
+    assert_eq!(text.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn released_handles_do_not_grow_memory_over_a_long_run() {
+    let rt = runtime_with(&config(1, 2));
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20_000 {
+        let mut t = tb_task::default();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(result_fn), std::ptr::null_mut(), None, &mut t),
+            TB_OK
+        );
+        assert_eq!(tb_task_wait(t, TB_FOREVER), TB_OK);
+        assert_eq!(tb_task_release(t), TB_OK);
+        ids.insert(t.id & 0xffff_ffff);
+    }
+    assert!(ids.len() <= 2, "slots are reused: {} distinct", ids.len());
+    shutdown(rt);
+}
