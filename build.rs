@@ -11,6 +11,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=TB_UPDATE_HEADER");
+    // The C harness compiles C programs with the `cc` crate, which needs the target triple.
+    println!("cargo:rustc-env=TB_TARGET={}", env::var("TARGET").unwrap());
 
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("tokio_bridge.h");

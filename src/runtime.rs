@@ -406,11 +406,11 @@ impl Runtime {
                 None => drop(runtime),
             },
             Some(Driver::CurrentThread { stop, stopped }) => {
-                if stop.send(left()).is_ok() {
-                    match left() {
-                        Some(grace) => drop(stopped.recv_timeout(grace)),
-                        None => drop(stopped.recv()),
-                    }
+                // A driver that cannot be told has already stopped: nothing to wait for.
+                match (stop.send(left()).is_ok(), left()) {
+                    (false, _) => {}
+                    (true, Some(grace)) => drop(stopped.recv_timeout(grace)),
+                    (true, None) => drop(stopped.recv()),
                 }
             }
             None => {}
@@ -565,8 +565,10 @@ mod tests {
 
     #[test]
     fn a_config_is_checked_field_by_field() {
-        let mut cfg = tb_runtime_config::default();
-        cfg.flavor = 7;
+        let mut cfg = tb_runtime_config {
+            flavor: 7,
+            ..Default::default()
+        };
         let error = unsafe { read_config(&cfg) }.err().unwrap();
         assert_eq!(error.status, TB_ERR_INVALID_ARG);
         assert!(error.to_string().contains("flavor"));
@@ -583,11 +585,13 @@ mod tests {
 
     #[test]
     fn an_older_smaller_config_takes_defaults_for_missing_fields() {
-        let mut cfg = tb_runtime_config::default();
-        cfg.flavor = TB_CURRENT_THREAD;
-        cfg.max_blocking_threads = 3;
-        cfg.max_queued_blocking = 9;
-        cfg.struct_size = CONFIG_SIZES[2] as u32; // up to max_blocking_threads
+        let cfg = tb_runtime_config {
+            flavor: TB_CURRENT_THREAD,
+            max_blocking_threads: 3,
+            max_queued_blocking: 9,
+            struct_size: CONFIG_SIZES[2] as u32, // up to max_blocking_threads
+            ..Default::default()
+        };
         let config = unsafe { read_config(&cfg) }.unwrap();
         assert!(config.current_thread);
         assert_eq!(config.max_blocking, 3);

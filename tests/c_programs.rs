@@ -1,0 +1,159 @@
+//! Compiles the C test programs in `tests/c/` and the examples in `c_examples/` against the
+//! freshly built library and runs them. The C compiler is the one the `cc` crate finds.
+//!
+//! Set `TB_TEST_WRAPPER` to run every C program under a tool, for example
+//! `TB_TEST_WRAPPER="valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite"`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror", "-pedantic"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>/deps`: where `cargo test` builds `libtokio_bridge.so`, next to this test.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("libtokio_bridge.so").exists(),
+        "no libtokio_bridge.so in {}",
+        dir.display()
+    );
+    dir
+}
+
+fn out_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn compiler(cpp: bool) -> Command {
+    cc::Build::new()
+        .cpp(cpp)
+        .target(env!("TB_TARGET"))
+        .host(env!("TB_TARGET"))
+        .opt_level(1)
+        .cargo_metadata(false)
+        .get_compiler()
+        .to_command()
+}
+
+fn run_checked(mut command: Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Compiles C sources into an executable linked to the library.
+fn build(name: &str, sources: &[PathBuf]) -> PathBuf {
+    let exe = out_dir().join(name);
+    let lib = lib_dir();
+    let mut cc = compiler(false);
+    cc.arg("-std=c11")
+        .args(WARNINGS)
+        .arg("-g")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(format!("-I{}", root().join("tests/c").display()))
+        .args(sources)
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-l:libtokio_bridge.so")
+        .arg("-lpthread")
+        .arg("-lm");
+    run_checked(cc, &format!("compiling {name}"));
+    exe
+}
+
+/// Runs a program (under `TB_TEST_WRAPPER` if set) and returns its output.
+fn run(exe: &Path, args: &[&str]) -> String {
+    let wrapper = std::env::var("TB_TEST_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    command.args(args);
+    run_checked(command, &exe.display().to_string())
+}
+
+/// Builds and runs `tests/c/<name>.c` and checks its closing "N passed, 0 failed" line.
+fn c_test(name: &str) {
+    let exe = build(
+        name,
+        &[
+            root().join(format!("tests/c/{name}.c")),
+            root().join("tests/c/simlib.c"),
+        ],
+    );
+    let stdout = run(&exe, &[]);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "{name}: {stdout}");
+    assert!(!last.starts_with("0 passed"), "{name} checked nothing");
+}
+
+#[test]
+fn c_api() {
+    c_test("test_api");
+}
+
+#[test]
+fn the_header_compiles_alone_as_c99_c11_and_cpp11() {
+    let source = out_dir().join("header_only.c");
+    std::fs::write(
+        &source,
+        "#include \"tokio_bridge.h\"\n#include \"tokio_bridge.h\"\nint tb_header_check;\n",
+    )
+    .unwrap();
+    for (cpp, std) in [(false, "c99"), (false, "c11"), (true, "c++11")] {
+        let mut cc = compiler(cpp);
+        cc.arg(format!("-std={std}"))
+            .args(WARNINGS)
+            .arg("-fsyntax-only")
+            .arg(format!("-I{}", root().join("include").display()));
+        if cpp {
+            cc.args(["-x", "c++"]);
+        }
+        cc.arg(&source);
+        run_checked(cc, &format!("the header as {std}"));
+    }
+}
+
+/// Examples that finish in a few seconds and need no input: run after compiling.
+const QUICK_EXAMPLES: &[&str] = &["demo"];
+
+#[test]
+fn every_example_compiles_and_the_quick_ones_run() {
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("c_examples"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "c"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty());
+    for source in examples {
+        let name = source.file_stem().unwrap().to_str().unwrap().to_string();
+        let exe = build(
+            &format!("example_{name}"),
+            &[source, root().join("tests/c/simlib.c")],
+        );
+        if QUICK_EXAMPLES.contains(&name.as_str()) {
+            run(&exe, &[]);
+        }
+    }
+}
