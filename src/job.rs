@@ -13,8 +13,8 @@ use crate::error::{
 };
 use crate::panic::boundary;
 use crate::pool::Pool;
-use crate::runtime::{self, tb_runtime};
-use crate::task::{micros_between, Task, Work, QUEUED, TASKS};
+use crate::runtime::tb_runtime;
+use crate::task::{micros_between, Submission, Task, Work, QUEUED};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// The job a blocking callback is running, as seen from inside the callback.
@@ -150,15 +150,12 @@ pub extern "C" fn tb_spawn_blocking(
 ) -> tb_status {
     boundary("tb_spawn_blocking", || {
         let func = func.ok_or_else(|| Error::null("func"))?;
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
-        let runtime = runtime::lookup(rt)?;
-        let id = TASKS.reserve()?;
+        let submission = Submission::start(rt, out)?;
+        let pool = &submission.runtime.pool;
         let task = Arc::new(Task::new(
-            id,
+            submission.id,
             Work::Blocking(Blocking {
-                pool: Arc::clone(&runtime.pool),
+                pool: Arc::clone(pool),
                 payload: UnsafeCell::new(Some(Payload {
                     func,
                     arg: UserArg::new(arg, free_arg),
@@ -166,8 +163,7 @@ pub extern "C" fn tb_spawn_blocking(
             }),
             QUEUED,
         ));
-        if let Err(error) = runtime.pool.submit(Arc::clone(&task)) {
-            TASKS.unreserve(id);
+        if let Err(error) = pool.submit(Arc::clone(&task)) {
             assert!(task.claim(), "an unqueued job is owned by its submitter");
             // SAFETY: just claimed; the job was never visible to anyone else.
             if let Some(payload) = unsafe { blocking(&task).take_payload() } {
@@ -175,10 +171,7 @@ pub extern "C" fn tb_spawn_blocking(
             }
             return Err(error);
         }
-        TASKS.publish(id, task);
-        // SAFETY: checked non-NULL; the caller provides space for a tb_task.
-        unsafe { out.write(tb_task { id }) };
-        Ok(TB_OK)
+        Ok(submission.publish(task))
     })
 }
 

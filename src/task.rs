@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
-use crate::error::{Error, TB_ERR_ALREADY};
+use crate::error::{tb_status, Error, TB_ERR_ALREADY, TB_OK};
 use crate::handle::{HandleTable, TAG_TASK};
+use crate::runtime::{self, tb_runtime, Runtime};
 
 /// Every live task handle.
 pub(crate) static TASKS: HandleTable<Task> = HandleTable::new(TAG_TASK);
@@ -297,6 +298,50 @@ impl Task {
         lock(&self.inner)
             .watchers
             .retain(|w| !Arc::ptr_eq(w, watcher));
+    }
+}
+
+/// A task being submitted: its runtime is live and its id reserved but not yet live.
+///
+/// Dropped without [`publish`](Self::publish) (the submission failed), it gives the id back.
+pub(crate) struct Submission {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) id: u64,
+    out: *mut tb_task,
+    published: bool,
+}
+
+impl Submission {
+    /// Checks the out-param and the runtime, and reserves an id.
+    pub(crate) fn start(rt: tb_runtime, out: *mut tb_task) -> Result<Self, Error> {
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        let runtime = runtime::lookup(rt)?;
+        let id = TASKS.reserve()?;
+        Ok(Submission {
+            runtime,
+            id,
+            out,
+            published: false,
+        })
+    }
+
+    /// Makes the task's handle live and gives it to the caller.
+    pub(crate) fn publish(mut self, task: Arc<Task>) -> tb_status {
+        TASKS.publish(self.id, task);
+        self.published = true;
+        // SAFETY: checked non-NULL; the caller provides space for a tb_task.
+        unsafe { self.out.write(tb_task { id: self.id }) };
+        TB_OK
+    }
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if !self.published {
+            TASKS.unreserve(self.id);
+        }
     }
 }
 

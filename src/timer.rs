@@ -14,8 +14,8 @@ use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_CANCELLED, TB_ERR_SHUTDOWN, TB_OK};
 use crate::panic::boundary;
-use crate::runtime::{self, tb_runtime, Counters};
-use crate::task::{micros_between, Task, Work, RUNNING, TASKS};
+use crate::runtime::{tb_runtime, Counters};
+use crate::task::{micros_between, Submission, Task, Work, RUNNING};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// A timer callback: runs on an async worker thread at each tick.
@@ -86,6 +86,10 @@ async fn sleep_until(task: &Task, deadline: tokio::time::Instant) -> bool {
     let Work::Async(parts) = &task.work else {
         unreachable!("only async tasks run here")
     };
+    if deadline <= tokio::time::Instant::now() {
+        // Already due: the timer wheel would only add up to a millisecond of rounding.
+        return !task.cancel_requested();
+    }
     let mut sleep = pin!(tokio::time::sleep_until(deadline));
     let mut woken = pin!(parts.wake.notified());
     poll_fn(|cx| {
@@ -147,13 +151,10 @@ fn spawn(
     free_arg: tb_free_fn,
     out: *mut tb_task,
 ) -> Result<tb_status, Error> {
-    if out.is_null() {
-        return Err(Error::null("out"));
-    }
-    let runtime = runtime::lookup(rt)?;
-    let id = TASKS.reserve()?;
+    let submission = Submission::start(rt, out)?;
+    let runtime = &submission.runtime;
     let task = Arc::new(Task::new(
-        id,
+        submission.id,
         Work::Async(Async {
             wake: Notify::new(),
         }),
@@ -170,10 +171,7 @@ fn spawn(
     };
     // On a runtime shut down meanwhile, Tokio drops the future at once: `ending` records that.
     runtime.handle.spawn(run(ending, delay_ms, tick));
-    TASKS.publish(id, task);
-    // SAFETY: checked non-NULL; the caller provides space for a tb_task.
-    unsafe { out.write(tb_task { id }) };
-    Ok(TB_OK)
+    Ok(submission.publish(task))
 }
 
 /// Starts an async sleep: the task finishes with `TB_OK` after `delay_ms` milliseconds.

@@ -40,4 +40,16 @@ static int check_passed, check_failed;
         return check_failed == 0 ? 0 : 1;                                                \
     } while (0)
 
+/* A runtime of the given flavor, async workers and blocking threads (0: defaults). */
+static inline tb_runtime check_runtime(uint32_t flavor, uint32_t workers, uint32_t max_blocking) {
+    tb_runtime_config cfg;
+    tb_runtime rt = {0};
+    tb_runtime_config_init(&cfg);
+    cfg.flavor = flavor;
+    cfg.worker_threads = workers;
+    cfg.max_blocking_threads = max_blocking;
+    CHECK_STATUS(tb_runtime_new(&cfg, &rt), TB_OK);
+    return rt;
+}
+
 #endif

@@ -31,17 +31,6 @@ static int32_t query_job(void *arg, tb_job *job) {
     return 0;
 }
 
-static tb_runtime runtime(uint32_t flavor, uint32_t workers, uint32_t max_blocking) {
-    tb_runtime_config cfg;
-    tb_runtime rt = {0};
-    tb_runtime_config_init(&cfg);
-    cfg.flavor = flavor;
-    cfg.worker_threads = workers;
-    cfg.max_blocking_threads = max_blocking;
-    CHECK_STATUS(tb_runtime_new(&cfg, &rt), TB_OK);
-    return rt;
-}
-
 static tb_task start_ticker(tb_runtime rt) {
     tb_task t = {0};
     CHECK_STATUS(tb_timer_start(rt, TICK_MS, TICK_MS, ticker, NULL, NULL, &t), TB_OK);
@@ -82,7 +71,7 @@ static double run_queries(tb_runtime rt, int on_pool, int n, unsigned ms) {
 /* 1 and 2: four queries in timer callbacks run one after another and starve a ticker; the same
  * four on the blocking pool run in parallel and the ticker keeps ticking. */
 static void wrong_place_then_right_place(uint32_t flavor, uint32_t workers) {
-    tb_runtime rt = runtime(flavor, workers, 0);
+    tb_runtime rt = check_runtime(flavor, workers, 0);
     tb_task tick = start_ticker(rt);
 
     sim_reset();
@@ -116,7 +105,7 @@ static void wrong_place_then_right_place(uint32_t flavor, uint32_t workers) {
 
 /* 3: the pool honours max_blocking_threads. */
 static void pool_limits(void) {
-    tb_runtime rt = runtime(TB_MULTI_THREAD, 1, 4);
+    tb_runtime rt = check_runtime(TB_MULTI_THREAD, 1, 4);
     sim_reset();
     double two_rounds = run_queries(rt, 1, 8, QUERY_MS);
     printf("  8 jobs of %d ms on 4 threads: %.0f ms, peak %d\n", QUERY_MS, two_rounds,
@@ -126,7 +115,7 @@ static void pool_limits(void) {
     CHECK_STATUS(tb_runtime_shutdown(rt, TB_FOREVER), TB_OK);
 
     /* The guide's configuration: 4 workers, 16 blocking threads, 20 jobs. */
-    rt = runtime(TB_MULTI_THREAD, 4, 16);
+    rt = check_runtime(TB_MULTI_THREAD, 4, 16);
     sim_reset();
     double elapsed = run_queries(rt, 1, 20, 300);
     printf("  20 jobs of 300 ms on 16 threads: %.0f ms, peak %d, calls %llu\n", elapsed,
@@ -165,7 +154,7 @@ static void cpu_work(void) {
     double per_10m = sim_now_ms() - start;
     cpu_n = (uint64_t)(10000000.0 * 300.0 / (per_10m > 0.1 ? per_10m : 0.1));
 
-    tb_runtime rt = runtime(TB_CURRENT_THREAD, 1, 0);
+    tb_runtime rt = check_runtime(TB_CURRENT_THREAD, 1, 0);
     tb_task tick = start_ticker(rt), t;
     tb_outcome o;
     start = sim_now_ms();
@@ -212,7 +201,7 @@ static int32_t file_job(void *arg, tb_job *job) {
 
 /* 5: blocking file I/O through the pool returns the right bytes. */
 static void file_io(void) {
-    tb_runtime rt = runtime(TB_MULTI_THREAD, 1, 4);
+    tb_runtime rt = check_runtime(TB_MULTI_THREAD, 1, 4);
     tb_task t[4];
     for (int i = 0; i < 4; i++) {
         CHECK_STATUS(tb_spawn_blocking(rt, file_job, (void *)(intptr_t)(1 << 20), NULL, &t[i]),

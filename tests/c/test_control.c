@@ -13,16 +13,6 @@ static void count_free(void *arg) {
     atomic_fetch_add(&frees, 1);
 }
 
-static tb_runtime runtime(uint32_t workers, uint32_t max_blocking) {
-    tb_runtime_config cfg;
-    tb_runtime rt = {0};
-    tb_runtime_config_init(&cfg);
-    cfg.worker_threads = workers;
-    cfg.max_blocking_threads = max_blocking;
-    CHECK_STATUS(tb_runtime_new(&cfg, &rt), TB_OK);
-    return rt;
-}
-
 static tb_outcome finish(tb_task t) {
     tb_outcome o = {0};
     CHECK_STATUS(tb_task_wait(t, TB_FOREVER), TB_OK);
@@ -81,7 +71,7 @@ static int32_t tick(void *arg, uint64_t n) {
 
 /* 7: cancelling a queued job, a running one, and a timer. */
 static void cancellation(void) {
-    tb_runtime rt = runtime(1, 1);
+    tb_runtime rt = check_runtime(TB_MULTI_THREAD, 1, 1);
     tb_task blocker, queued, chunked, timer;
     tb_outcome o;
     atomic_store(&frees, 0);
@@ -229,7 +219,7 @@ static int last_error_says(const char *what) {
 
 /* 9: failures come back with their code; misuse gives the documented status and a message. */
 static void errors(void) {
-    tb_runtime rt = runtime(1, 4), dead = runtime(1, 1);
+    tb_runtime rt = check_runtime(TB_MULTI_THREAD, 1, 4), dead = check_runtime(TB_MULTI_THREAD, 1, 1);
     tb_task t, tasks[30];
     for (int i = 0; i < 30; i++) {
         CHECK_STATUS(tb_spawn_blocking(rt, flaky_job, (void *)(intptr_t)i, NULL, &tasks[i]),
@@ -271,7 +261,7 @@ static void errors(void) {
 }
 
 int main(void) {
-    tb_runtime rt = runtime(2, 8);
+    tb_runtime rt = check_runtime(TB_MULTI_THREAD, 2, 8);
     puts("6: timeouts");
     timeouts(rt);
     puts("7: cancellation");
