@@ -377,7 +377,8 @@ tb_status tb_task_release(struct tb_task t);
  * Returns `TB_OK` when every task is finished, `TB_TIMED_OUT` otherwise; `n` = 0 returns
  * `TB_OK`. The same thread rules as `tb_task_wait` apply. The array is only read during the
  * call. Errors: `TB_ERR_NULL` (`tasks` with `n` > 0), `TB_ERR_BAD_HANDLE` (naming the index),
- * `TB_ERR_ON_RUNTIME_THREAD`, `TB_ERR_INVALID_ARG`. Any thread.
+ * `TB_ERR_ON_RUNTIME_THREAD`, `TB_ERR_INVALID_ARG` (`n` larger than any array, or a task
+ * waiting for itself). Any thread.
  */
 tb_status tb_wait_all(const struct tb_task *tasks, size_t n, uint64_t timeout_ms);
 
@@ -386,8 +387,8 @@ tb_status tb_wait_all(const struct tb_task *tasks, size_t n, uint64_t timeout_ms
  *
  * Returns `TB_OK` and sets `*index` to the lowest index of a finished task, or
  * `TB_TIMED_OUT` (leaving `*index` alone). The same thread rules as `tb_task_wait` apply.
- * Errors: `TB_ERR_NULL` (`tasks`, `index`), `TB_ERR_INVALID_ARG` (`n` = 0, or a task waiting
- * for itself), `TB_ERR_BAD_HANDLE` (naming the index), `TB_ERR_ON_RUNTIME_THREAD`.
+ * Errors: `TB_ERR_NULL` (`tasks`, `index`), `TB_ERR_INVALID_ARG` (`n` = 0 or larger than any
+ * array, or a task waiting for itself), `TB_ERR_BAD_HANDLE` (naming the index), `TB_ERR_ON_RUNTIME_THREAD`.
  * Any thread.
  */
 tb_status tb_wait_any(const struct tb_task *tasks, size_t n, uint64_t timeout_ms, size_t *index);

@@ -239,6 +239,11 @@ fn lookup_all(tasks: *const tb_task, n: usize) -> Result<Vec<Arc<Task>>, Error> 
     if tasks.is_null() {
         return Err(Error::null("tasks"));
     }
+    if n > isize::MAX as usize / std::mem::size_of::<tb_task>() {
+        return Err(Error::invalid(format!(
+            "n is {n}: larger than any array of tb_task can be"
+        )));
+    }
     // SAFETY: the caller passes an array of `n` handles.
     let handles = unsafe { std::slice::from_raw_parts(tasks, n) };
     handles
@@ -257,7 +262,8 @@ fn lookup_all(tasks: *const tb_task, n: usize) -> Result<Vec<Arc<Task>>, Error> 
 /// Returns `TB_OK` when every task is finished, `TB_TIMED_OUT` otherwise; `n` = 0 returns
 /// `TB_OK`. The same thread rules as `tb_task_wait` apply. The array is only read during the
 /// call. Errors: `TB_ERR_NULL` (`tasks` with `n` > 0), `TB_ERR_BAD_HANDLE` (naming the index),
-/// `TB_ERR_ON_RUNTIME_THREAD`, `TB_ERR_INVALID_ARG`. Any thread.
+/// `TB_ERR_ON_RUNTIME_THREAD`, `TB_ERR_INVALID_ARG` (`n` larger than any array, or a task
+/// waiting for itself). Any thread.
 #[no_mangle]
 pub extern "C" fn tb_wait_all(tasks: *const tb_task, n: usize, timeout_ms: u64) -> tb_status {
     boundary("tb_wait_all", || {
@@ -276,8 +282,8 @@ pub extern "C" fn tb_wait_all(tasks: *const tb_task, n: usize, timeout_ms: u64) 
 ///
 /// Returns `TB_OK` and sets `*index` to the lowest index of a finished task, or
 /// `TB_TIMED_OUT` (leaving `*index` alone). The same thread rules as `tb_task_wait` apply.
-/// Errors: `TB_ERR_NULL` (`tasks`, `index`), `TB_ERR_INVALID_ARG` (`n` = 0, or a task waiting
-/// for itself), `TB_ERR_BAD_HANDLE` (naming the index), `TB_ERR_ON_RUNTIME_THREAD`.
+/// Errors: `TB_ERR_NULL` (`tasks`, `index`), `TB_ERR_INVALID_ARG` (`n` = 0 or larger than any
+/// array, or a task waiting for itself), `TB_ERR_BAD_HANDLE` (naming the index), `TB_ERR_ON_RUNTIME_THREAD`.
 /// Any thread.
 #[no_mangle]
 pub extern "C" fn tb_wait_any(

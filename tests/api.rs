@@ -542,6 +542,14 @@ fn wait_all_and_wait_any_follow_the_slowest_and_the_fastest() {
     assert_eq!(tb_wait_all(std::ptr::null(), 0, TB_FOREVER), TB_OK);
     assert_eq!(tb_wait_all(std::ptr::null(), 1, TB_FOREVER), TB_ERR_NULL);
     assert_eq!(
+        tb_wait_all(tasks.as_ptr(), usize::MAX, 0),
+        TB_ERR_INVALID_ARG
+    );
+    assert_eq!(
+        tb_wait_any(tasks.as_ptr(), usize::MAX / 2, 0, &mut index),
+        TB_ERR_INVALID_ARG
+    );
+    assert_eq!(
         tb_wait_any(tasks.as_ptr(), 0, 0, &mut index),
         TB_ERR_INVALID_ARG
     );
