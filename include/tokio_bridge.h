@@ -165,6 +165,45 @@ typedef int32_t (*tb_blocking_fn)(void *arg, struct tb_job *job);
 typedef void (*tb_free_fn)(void *arg);
 
 /**
+ * A completion queue handle: a generation-checked id, never a pointer. The id 0 is never valid.
+ *
+ * Create one with `tb_queue_new`, end it with `tb_queue_free`. Copy it freely and use it from
+ * any thread until then; afterwards every call with it returns `TB_ERR_BAD_HANDLE`.
+ */
+typedef struct tb_queue {
+  /**
+   * The opaque id.
+   */
+  uint64_t id;
+} tb_queue;
+
+/**
+ * Counters of a completion queue, filled by `tb_queue_get_stats`.
+ */
+typedef struct tb_queue_stats {
+  /**
+   * `sizeof(tb_queue_stats)` as the caller knows it: set it before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * Tags pushed so far (one per finished, notified task).
+   */
+  uint64_t pushed;
+  /**
+   * Tags drained so far.
+   */
+  uint64_t drained;
+  /**
+   * Times the fd was made readable: pushes that found the queue empty.
+   */
+  uint64_t wakeups;
+  /**
+   * Tags waiting to be drained now.
+   */
+  uint64_t pending;
+} tb_queue_stats;
+
+/**
  * How to build a runtime. Always start from `tb_runtime_config_init`, then change fields.
  *
  * Zero in a numeric field means "the default" given for that field. The struct may grow in
@@ -454,6 +493,78 @@ bool tb_job_cancelled(const struct tb_job *job);
  * any other `job` pointer is ignored and records an error for `tb_last_error`.
  */
 void tb_job_set_result(struct tb_job *job, void *value);
+
+/**
+ * Creates a completion queue with its file descriptor.
+ *
+ * On success `*out` receives the handle; the caller owns the queue and ends it with
+ * `tb_queue_free`. Errors: `TB_ERR_NULL` (`out`), `TB_ERR_OS` (no fd could be created).
+ * Any thread.
+ */
+tb_status tb_queue_new(struct tb_queue *out);
+
+/**
+ * Gets the file descriptor that is readable while tags wait in queue `q`.
+ *
+ * Register it for reading in your event loop (`epoll`, `poll`, `loop.add_reader`, `uv_poll`,
+ * `g_unix_fd_add`); when it is readable, call `tb_queue_drain` until it returns fewer tags than
+ * asked for. Do not read, write or close the fd yourself: the queue owns it (an eventfd on
+ * Linux, the read end of a pipe elsewhere) and closes it in `tb_queue_free`. It is
+ * close-on-exec and non-blocking. Errors: `TB_ERR_NULL` (`fd`), `TB_ERR_BAD_HANDLE`.
+ * Any thread.
+ */
+tb_status tb_queue_fd(struct tb_queue q, int32_t *fd);
+
+/**
+ * Asks task `t` to push `tag` onto queue `q` when it finishes.
+ *
+ * The tag is pushed exactly once: when the task finishes (after its `free_arg` and completion
+ * callback, so `tb_task_outcome` already has the outcome when the tag is drained), or at once
+ * if it already has. One notification per task: a second call returns `TB_ERR_ALREADY`. The
+ * task keeps the queue's memory alive until then, even after `tb_queue_free` (the tag is then
+ * dropped). Errors: `TB_ERR_BAD_HANDLE` (either handle), `TB_ERR_ALREADY`. Any thread.
+ */
+tb_status tb_task_notify(struct tb_task t, struct tb_queue q, uint64_t tag);
+
+/**
+ * Moves up to `cap` waiting tags of queue `q` into `tags`, oldest first, and sets `*n` to how
+ * many. Never blocks.
+ *
+ * Tags come out in the order the tasks finished. When the drain empties the queue, the fd stops
+ * being readable; if `*n == cap`, more may wait: drain again. `cap` may be 0 (then `tags` may be
+ * NULL). Errors: `TB_ERR_NULL` (`n`, or `tags` with `cap` > 0), `TB_ERR_INVALID_ARG` (`cap`
+ * larger than any array), `TB_ERR_BAD_HANDLE`. Any thread, including async workers.
+ */
+tb_status tb_queue_drain(struct tb_queue q, uint64_t *tags, size_t cap, size_t *n);
+
+/**
+ * Blocks until a tag waits in queue `q` or `timeout_ms` passes, for callers without an event
+ * loop.
+ *
+ * Returns `TB_OK` when tags wait (drain them with `tb_queue_drain`) or `TB_TIMED_OUT`. 0 only
+ * checks; `TB_FOREVER` waits without a limit. Like `tb_task_wait`, a non-zero timeout is
+ * refused on an async worker (`TB_ERR_ON_RUNTIME_THREAD`). Errors: `TB_ERR_BAD_HANDLE` (also
+ * when another thread frees the queue during the wait), `TB_ERR_ON_RUNTIME_THREAD`. Any thread.
+ */
+tb_status tb_queue_wait(struct tb_queue q, uint64_t timeout_ms);
+
+/**
+ * Fills `*out` with the counters of queue `q`; set `out->struct_size` first.
+ *
+ * `wakeups / pushed` is how well completions coalesce: 1.0 means one fd write per completion,
+ * near 0 means many completions per wake-up. Errors: `TB_ERR_NULL` (`out`),
+ * `TB_ERR_INVALID_ARG` (`struct_size`), `TB_ERR_BAD_HANDLE`. Any thread.
+ */
+tb_status tb_queue_get_stats(struct tb_queue q, struct tb_queue_stats *out);
+
+/**
+ * Frees queue `q`: closes its fd and drops the tags waiting in it. The handle is dead after.
+ *
+ * Remove the fd from your event loop first. Tasks still registered with `tb_task_notify` are
+ * not affected: they run to their end, and their tags are dropped. Errors: `TB_ERR_BAD_HANDLE`
+ * (also for a second free). Any thread.
+ */
+tb_status tb_queue_free(struct tb_queue q);
 
 /**
  * Fills `cfg` with the defaults and sets `cfg->struct_size`.

@@ -78,7 +78,10 @@ pub type tb_complete_fn =
 pub const TB_FOREVER: u64 = u64::MAX;
 
 /// Refuses a wait that would block an async worker, or a task waiting for itself.
-fn check_may_wait(timeout_ms: u64, ids: impl IntoIterator<Item = u64>) -> Result<(), Error> {
+pub(crate) fn check_may_wait(
+    timeout_ms: u64,
+    ids: impl IntoIterator<Item = u64>,
+) -> Result<(), Error> {
     if timeout_ms == 0 {
         return Ok(());
     }
@@ -130,7 +133,7 @@ pub extern "C" fn tb_task_wait(t: tb_task, timeout_ms: u64) -> tb_status {
 #[no_mangle]
 pub extern "C" fn tb_task_poll(t: tb_task) -> tb_status {
     boundary("tb_task_poll", || {
-        let finished = TASKS.with(t.id, |task| task.is_finished())?;
+        let finished = TASKS.with(t.id, |task| task.is_finished_now())?;
         Ok(if finished { TB_OK } else { TB_PENDING })
     })
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, TB_ERR_OS};
+use crate::sync::lock;
 
 const SHARDS: usize = 16;
 const INDEX_BITS: u32 = 32;
@@ -33,6 +34,8 @@ const TAG_SHIFT: u32 = INDEX_BITS + GENERATION_BITS;
 pub(crate) const TAG_RUNTIME: u8 = 1;
 /// Tag of task handles.
 pub(crate) const TAG_TASK: u8 = 2;
+/// Tag of completion queue handles.
+pub(crate) const TAG_QUEUE: u8 = 3;
 
 struct Slot<T> {
     generation: u32,
@@ -85,16 +88,13 @@ impl<T> HandleTable<T> {
     fn kind(&self) -> &'static str {
         match self.tag {
             TAG_RUNTIME => "runtime",
-            _ => "task",
+            TAG_TASK => "task",
+            _ => "queue",
         }
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<T>> {
-        // The table's invariants hold between statements, so a panic elsewhere cannot leave a
-        // shard half-updated: poisoning carries no information here.
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[shard])
     }
 
     /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):
@@ -169,6 +169,7 @@ impl<T> HandleTable<T> {
             let why = match tag as u8 {
                 TAG_RUNTIME => "is of the wrong type: it is a runtime handle",
                 TAG_TASK => "is of the wrong type: it is a task handle",
+                TAG_QUEUE => "is of the wrong type: it is a queue handle",
                 _ => "has an unknown type tag (forged or corrupted)",
             };
             return Err(Error::bad_handle(self.kind(), id, why));

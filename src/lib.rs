@@ -6,10 +6,12 @@
 //!
 //! Exported concepts, one module each: [`runtime`], [`job`] (blocking jobs), [`timer`] (sleeps
 //! and timers), [`completion`] (task handles: wait, poll, outcome, cancel, callbacks, release,
-//! groups), [`error`] (status codes and the last error) and [`version`]. Plumbing: [`panic`]
+//! groups), [`queue`] (completion queues for foreign event loops), [`error`] (status codes and
+//! the last error) and [`version`]. Plumbing: [`panic`]
 //! (the boundary around every exported function), [`handle`] (generation-checked handle
 //! tables), [`task`] (the completion state machine), [`pool`] (the blocking-job queue),
-//! [`userdata`] (C data with its destructor) and [`context`] (what the current thread does).
+//! [`userdata`] (C data with its destructor), [`context`] (what the current thread does) and
+//! [`sync`] (locking helpers).
 
 #![allow(non_camel_case_types)]
 // The exported functions are C entry points: they check every pointer for NULL and otherwise
@@ -21,6 +23,7 @@
 pub mod completion;
 pub mod error;
 pub mod job;
+pub mod queue;
 pub mod runtime;
 pub mod timer;
 pub mod version;
@@ -29,6 +32,7 @@ mod context;
 mod handle;
 mod panic;
 mod pool;
+mod sync;
 mod task;
 mod userdata;
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
+use crate::sync::{lock, wait_until};
 use crate::task::Task;
 
 #[derive(Default)]
@@ -65,8 +66,7 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Counters are updated between statements that cannot panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// True once the runtime started shutting down.
@@ -213,18 +213,11 @@ impl Pool {
     pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
         while state.running > 0 {
-            state = match deadline {
-                None => self.idle.wait(state).unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => {
-                        self.idle
-                            .wait_timeout(state, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                    _ => return false,
-                },
-            };
+            let (guard, expired) = wait_until(&self.idle, state, deadline);
+            state = guard;
+            if expired {
+                return false;
+            }
         }
         true
     }

@@ -15,6 +15,7 @@ use crate::handle::{HandleTable, TAG_RUNTIME};
 use crate::job;
 use crate::panic::boundary;
 use crate::pool::Pool;
+use crate::sync::lock;
 
 /// A runtime handle: a generation-checked id, never a pointer. The id 0 is never valid.
 ///
@@ -271,13 +272,13 @@ struct Started {
 impl Started {
     fn on_park(&self) {
         if context::mark_async_worker() {
-            *self.workers.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            *lock(&self.workers) += 1;
             self.cv.notify_all();
         }
     }
 
     fn wait_for(&self, workers: usize) -> Result<(), Error> {
-        let started = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let started = lock(&self.workers);
         let (started, waited) = self
             .cv
             .wait_timeout_while(started, WORKER_START_TIMEOUT, |n| *n < workers)
@@ -399,7 +400,7 @@ impl Runtime {
     /// until `deadline`. True if everything ended.
     fn finish(&self, deadline: Option<Instant>) -> bool {
         let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let driver = lock(&self.driver).take();
         match driver {
             Some(Driver::MultiThread(runtime)) => match left() {
                 Some(grace) => runtime.shutdown_timeout(grace),
@@ -420,7 +421,7 @@ impl Runtime {
 
     /// Stops without waiting for anything: for calls from threads that must not block.
     fn finish_in_background(&self) {
-        Self::stop_in_background(self.driver.lock().unwrap_or_else(|p| p.into_inner()).take());
+        Self::stop_in_background(lock(&self.driver).take());
     }
 
     fn stop_in_background(driver: Option<Driver>) {
@@ -499,7 +500,7 @@ pub extern "C" fn tb_runtime_default(out: *mut tb_runtime) -> tb_status {
         if out.is_null() {
             return Err(Error::null("out"));
         }
-        let mut default = DEFAULT.lock().unwrap_or_else(|p| p.into_inner());
+        let mut default = lock(&DEFAULT);
         let id = match *default {
             Some(id) => id,
             None => {

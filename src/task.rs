@@ -16,14 +16,16 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_ALREADY, TB_OK};
 use crate::handle::{HandleTable, TAG_TASK};
+use crate::queue::Queue;
 use crate::runtime::{self, tb_runtime, Runtime};
+use crate::sync::{lock, wait_until};
 
 /// Every live task handle.
 pub(crate) static TASKS: HandleTable<Task> = HandleTable::new(TAG_TASK);
@@ -89,19 +91,11 @@ impl Watcher {
     pub(crate) fn sleep(&self, deadline: Option<Instant>) -> bool {
         let mut fired = lock(&self.fired);
         while !*fired {
-            fired = match deadline {
-                None => self.cv.wait(fired).unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return false;
-                    }
-                    self.cv
-                        .wait_timeout(fired, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            let (guard, expired) = wait_until(&self.cv, fired, deadline);
+            fired = guard;
+            if expired {
+                return false;
+            }
         }
         true
     }
@@ -111,6 +105,8 @@ struct Inner {
     outcome: tb_outcome,
     callback: Option<Callback>,
     callback_registered: bool,
+    notify: Option<(Arc<Queue>, u64)>,
+    notify_registered: bool,
     waiters: u32,
     watchers: Vec<Arc<Watcher>>,
 }
@@ -135,13 +131,6 @@ pub(crate) enum Cancelled {
     TooLate,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves the data consistent before anything can panic.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Task {
     pub(crate) fn new(id: u64, work: Work, phase: u8) -> Self {
         Task {
@@ -153,6 +142,8 @@ impl Task {
                 outcome: tb_outcome::default(),
                 callback: None,
                 callback_registered: false,
+                notify: None,
+                notify_registered: false,
                 waiters: 0,
                 watchers: Vec::new(),
             }),
@@ -167,6 +158,15 @@ impl Task {
 
     pub(crate) fn is_finished(&self) -> bool {
         self.state.load(Ordering::Acquire) & PHASE_MASK == FINISHED
+    }
+
+    /// Like [`is_finished`](Self::is_finished), but a task being marked finished right now
+    /// (its tag already pushed) counts as finished: the answer waits for that critical section.
+    pub(crate) fn is_finished_now(&self) -> bool {
+        self.is_finished() || {
+            let _settled = lock(&self.inner);
+            self.is_finished()
+        }
     }
 
     /// True once a cancel was requested while the task ran.
@@ -217,6 +217,12 @@ impl Task {
             callback.call(self.id, &outcome);
             inner = lock(&self.inner);
         }
+        // The tag goes in before the task counts as finished, in the same critical section: a
+        // thread that sees the task finished also finds its tag, and one that drains the tag and
+        // then asks for the outcome waits for this lock and finds the task finished.
+        if let Some((queue, tag)) = inner.notify.take() {
+            queue.push(tag);
+        }
         self.state
             .fetch_add(FINISHED - COMPLETING, Ordering::AcqRel);
         let wake = inner.waiters > 0;
@@ -228,6 +234,25 @@ impl Task {
         for watcher in watchers {
             watcher.fire();
         }
+    }
+
+    /// Registers a queue to receive `tag` when the task finishes, or pushes it now if it has.
+    pub(crate) fn notify(&self, queue: Arc<Queue>, tag: u64) -> Result<(), Error> {
+        let mut inner = lock(&self.inner);
+        if inner.notify_registered {
+            return Err(Error::new(
+                TB_ERR_ALREADY,
+                "a queue notification is already registered for this task",
+            ));
+        }
+        inner.notify_registered = true;
+        if self.is_finished() {
+            drop(inner);
+            queue.push(tag);
+        } else {
+            inner.notify = Some((queue, tag));
+        }
+        Ok(())
     }
 
     /// Registers the completion callback, or runs it now (on this thread) if the task finished.
@@ -262,24 +287,13 @@ impl Task {
         }
         let mut inner = lock(&self.inner);
         while !self.is_finished() {
-            let timeout = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
-            };
             inner.waiters += 1;
-            inner = match timeout {
-                None => self.finished.wait(inner).unwrap_or_else(|p| p.into_inner()),
-                Some(left) => {
-                    self.finished
-                        .wait_timeout(inner, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            let (guard, expired) = wait_until(&self.finished, inner, deadline);
+            inner = guard;
             inner.waiters -= 1;
+            if expired {
+                return false;
+            }
         }
         true
     }

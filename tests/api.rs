@@ -4,7 +4,7 @@
 //! machines.
 
 use std::ffi::{c_void, CStr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,145 +16,8 @@ use tokio_bridge::runtime::*;
 use tokio_bridge::timer::*;
 use tokio_bridge::version::*;
 
-/// What a test's callbacks saw. Leaked, so callbacks may outlive the test body safely.
-#[derive(Default)]
-struct Probe {
-    runs: AtomicUsize,
-    code: AtomicUsize,
-    frees: AtomicUsize,
-    completions: AtomicUsize,
-    cancelled_seen: AtomicBool,
-    sleep_ms: AtomicU64,
-    threads: Mutex<Vec<String>>,
-    statuses: Mutex<Vec<tb_status>>,
-}
-
-fn probe() -> &'static Probe {
-    Box::leak(Box::default())
-}
-
-fn arg(p: &'static Probe) -> *mut c_void {
-    std::ptr::from_ref(p).cast_mut().cast()
-}
-
-unsafe fn from_arg(arg: *mut c_void) -> &'static Probe {
-    &*arg.cast::<Probe>()
-}
-
-fn thread_name() -> String {
-    thread::current().name().unwrap_or("?").to_string()
-}
-
-/// Records its thread, sleeps `sleep_ms`, returns `code`.
-unsafe extern "C" fn job_fn(arg: *mut c_void, _job: *mut tb_job) -> i32 {
-    let p = from_arg(arg);
-    p.threads.lock().unwrap().push(thread_name());
-    thread::sleep(Duration::from_millis(p.sleep_ms.load(Ordering::SeqCst)));
-    p.runs.fetch_add(1, Ordering::SeqCst);
-    p.code.load(Ordering::SeqCst) as i32
-}
-
-/// Works in 5 ms chunks for up to `sleep_ms`, stopping early when cancelled; returns 42 then.
-unsafe extern "C" fn chunked_fn(arg: *mut c_void, job: *mut tb_job) -> i32 {
-    let p = from_arg(arg);
-    p.runs.fetch_add(1, Ordering::SeqCst);
-    let end = Instant::now() + Duration::from_millis(p.sleep_ms.load(Ordering::SeqCst));
-    while Instant::now() < end {
-        if tb_job_cancelled(job) {
-            p.cancelled_seen.store(true, Ordering::SeqCst);
-            return 42;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    0
-}
-
-unsafe extern "C" fn result_fn(_arg: *mut c_void, job: *mut tb_job) -> i32 {
-    tb_job_set_result(job, 0xdead_usize as *mut c_void);
-    0
-}
-
-unsafe extern "C" fn free_fn(arg: *mut c_void) {
-    from_arg(arg).frees.fetch_add(1, Ordering::SeqCst);
-}
-
-unsafe extern "C" fn complete_fn(arg: *mut c_void, _t: tb_task, outcome: *const tb_outcome) {
-    let p = from_arg(arg);
-    p.threads.lock().unwrap().push(thread_name());
-    p.statuses.lock().unwrap().push((*outcome).status);
-    p.completions.fetch_add(1, Ordering::SeqCst);
-}
-
-/// Stops after `sleep_ms` ticks with code 7; records its thread.
-unsafe extern "C" fn tick_fn(arg: *mut c_void, tick: u64) -> i32 {
-    let p = from_arg(arg);
-    p.threads.lock().unwrap().push(thread_name());
-    p.runs.fetch_add(1, Ordering::SeqCst);
-    if tick + 1 >= p.sleep_ms.load(Ordering::SeqCst) {
-        7
-    } else {
-        0
-    }
-}
-
-fn config(workers: u32, max_blocking: u32) -> tb_runtime_config {
-    let mut cfg = tb_runtime_config::default();
-    tb_runtime_config_init(&mut cfg);
-    cfg.worker_threads = workers;
-    cfg.max_blocking_threads = max_blocking;
-    cfg
-}
-
-fn runtime_with(cfg: &tb_runtime_config) -> tb_runtime {
-    let mut rt = tb_runtime::default();
-    assert_eq!(tb_runtime_new(cfg, &mut rt), TB_OK, "{}", last_error());
-    rt
-}
-
-fn runtime() -> tb_runtime {
-    runtime_with(&config(2, 8))
-}
-
-fn shutdown(rt: tb_runtime) {
-    assert_eq!(tb_runtime_shutdown(rt, 10_000), TB_OK, "{}", last_error());
-}
-
-fn last_error() -> String {
-    let mut buf = [0u8; 512];
-    let n = tb_last_error(buf.as_mut_ptr().cast(), buf.len());
-    assert!(n < buf.len());
-    CStr::from_bytes_until_nul(&buf)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-fn spawn(rt: tb_runtime, f: tb_blocking_fn, p: &'static Probe) -> tb_task {
-    let mut t = tb_task::default();
-    assert_eq!(
-        tb_spawn_blocking(rt, f, arg(p), Some(free_fn), &mut t),
-        TB_OK,
-        "{}",
-        last_error()
-    );
-    t
-}
-
-fn outcome(t: tb_task) -> tb_outcome {
-    let mut o = tb_outcome::default();
-    assert_eq!(tb_task_wait(t, TB_FOREVER), TB_OK);
-    assert_eq!(tb_task_outcome(t, &mut o), TB_OK);
-    o
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(1));
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_blocking_job_runs_once_on_a_blocking_thread_then_frees_its_arg() {

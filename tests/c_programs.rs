@@ -184,3 +184,8 @@ fn c_control_scenarios() {
 fn c_many_tasks_and_callback_threads() {
     c_test("test_many");
 }
+
+#[test]
+fn c_completion_queues() {
+    c_test("test_queue");
+}
