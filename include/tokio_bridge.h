@@ -62,6 +62,21 @@
 #define TB_CURRENT_THREAD 1
 
 /**
+ * `tb_stall.kind`: a timer callback (`tb_timer_start`).
+ */
+#define TB_STALL_TIMER 0
+
+/**
+ * `tb_stall.kind`: a completion callback run by an async worker (of a sleep or timer).
+ */
+#define TB_STALL_COMPLETION 1
+
+/**
+ * `tb_stall.kind`: a `free_arg` destructor run by an async worker (of a timer).
+ */
+#define TB_STALL_FREE 2
+
+/**
  * The job a blocking callback is running, as seen from inside the callback.
  *
  * Opaque. The pointer passed to a `tb_blocking_fn` is valid only during that call and only on
@@ -165,6 +180,124 @@ typedef int32_t (*tb_blocking_fn)(void *arg, struct tb_job *job);
 typedef void (*tb_free_fn)(void *arg);
 
 /**
+ * The state and counters of a runtime, filled by `tb_runtime_metrics`.
+ *
+ * Set `struct_size` to `sizeof(tb_metrics)` before the call: a caller built against an older,
+ * smaller struct gets the fields it knows. Counters count since the runtime started. For every
+ * runtime, `jobs_submitted == jobs_completed + jobs_cancelled + blocking_queued +
+ * blocking_running` (give or take jobs moving between two of these during the call).
+ */
+typedef struct tb_metrics {
+  /**
+   * `sizeof(tb_metrics)` as the caller knows it: set it before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * Async worker threads.
+   */
+  uint32_t worker_threads;
+  /**
+   * Blocking-pool threads alive now (running a job or idle).
+   */
+  uint32_t blocking_threads;
+  /**
+   * Blocking-pool threads alive and waiting for work.
+   */
+  uint32_t blocking_idle;
+  /**
+   * Blocking jobs waiting for a thread.
+   */
+  uint64_t blocking_queued;
+  /**
+   * Blocking jobs running now.
+   */
+  uint64_t blocking_running;
+  /**
+   * Blocking jobs accepted by `tb_spawn_blocking`.
+   */
+  uint64_t jobs_submitted;
+  /**
+   * Blocking jobs whose callback ran and returned (whatever it returned).
+   */
+  uint64_t jobs_completed;
+  /**
+   * Of `jobs_completed`, those whose callback returned non-zero (or panicked inside the
+   * library).
+   */
+  uint64_t jobs_failed;
+  /**
+   * Blocking jobs that never ran: cancelled while queued, or dropped by shutdown.
+   */
+  uint64_t jobs_cancelled;
+  /**
+   * Sleeps and timers not yet ended.
+   */
+  uint64_t timers_active;
+  /**
+   * Tasks of this runtime not yet finished: queued and running jobs plus active timers.
+   */
+  uint64_t tasks_alive;
+  /**
+   * Task handles not yet released, in the whole process (all runtimes).
+   */
+  uint64_t task_handles;
+  /**
+   * Total time blocking jobs spent queued, submission to start, in microseconds.
+   */
+  uint64_t queue_wait_total_us;
+  /**
+   * Longest time a blocking job spent queued, in microseconds.
+   */
+  uint64_t queue_wait_max_us;
+  /**
+   * Callbacks that ran on an async worker for longer than the stall threshold.
+   */
+  uint64_t stalls;
+  /**
+   * The longest such callback so far, in microseconds (including one still running).
+   */
+  uint64_t longest_stall_us;
+} tb_metrics;
+
+/**
+ * Lateness of the probe's ticks, filled by `tb_runtime_probe_stats`.
+ *
+ * Percentiles are over the last 65,536 ticks; `ticks`, `max_us` and `mean_us` over all ticks
+ * since `tb_runtime_probe_start`. A tick's lateness is how long after its due time a worker
+ * ran it; Tokio's timer has a 1 ms resolution, so an idle runtime shows up to ~1 ms.
+ */
+typedef struct tb_probe_stats {
+  /**
+   * `sizeof(tb_probe_stats)` as the caller knows it: set it before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * The probe's period in ms, 0 if it never ran.
+   */
+  uint32_t period_ms;
+  /**
+   * Ticks measured.
+   */
+  uint64_t ticks;
+  /**
+   * Median lateness, in microseconds.
+   */
+  uint64_t p50_us;
+  /**
+   * 99th percentile of lateness, in microseconds.
+   */
+  uint64_t p99_us;
+  /**
+   * Largest lateness, in microseconds.
+   */
+  uint64_t max_us;
+  /**
+   * Mean lateness, in microseconds.
+   */
+  uint64_t mean_us;
+} tb_probe_stats;
+
+/**
  * A completion queue handle: a generation-checked id, never a pointer. The id 0 is never valid.
  *
  * Create one with `tb_queue_new`, end it with `tb_queue_free`. Copy it freely and use it from
@@ -247,7 +380,66 @@ typedef struct tb_runtime_config {
    * thread name. At most 63 bytes of UTF-8.
    */
   const char *thread_name;
+  /**
+   * A C callback running longer than this on an async worker is a stall, reported to the
+   * `tb_runtime_on_stall` hook, in ms. `tb_runtime_config_init` sets 10; 0 turns stall
+   * detection off (and with it the runtime's watchdog thread). At most 3600000.
+   */
+  uint32_t stall_threshold_ms;
 } tb_runtime_config;
+
+/**
+ * Any C function pointer. Compare it with yours after a cast: `(tb_any_fn)my_timer`.
+ */
+typedef void (*tb_any_fn)(void);
+
+/**
+ * A stall: a C callback that ran on an async worker for longer than the runtime's
+ * `stall_threshold_ms`. Passed to the `tb_runtime_on_stall` hook, valid during the call only.
+ */
+typedef struct tb_stall {
+  /**
+   * `sizeof(tb_stall)` as the library knows it; fields may be added at the end later.
+   */
+  uint32_t struct_size;
+  /**
+   * `TB_STALL_TIMER`, `TB_STALL_COMPLETION` or `TB_STALL_FREE`.
+   */
+  uint32_t kind;
+  /**
+   * The callback that stalled, as the function pointer given to the library.
+   */
+  tb_any_fn callback;
+  /**
+   * The `arg` it was called with.
+   */
+  void *arg;
+  /**
+   * The operating system's id of the worker thread (`gettid()` on Linux).
+   */
+  uint64_t thread_id;
+  /**
+   * The worker thread's name, NUL-terminated (at most 15 bytes, as the kernel keeps).
+   */
+  char thread_name[16];
+  /**
+   * How long the callback has run so far (`still_running`), or ran in all, in microseconds.
+   */
+  uint64_t duration_us;
+  /**
+   * True for the report made while the callback runs; false for the one made after it ended.
+   */
+  bool still_running;
+} tb_stall;
+
+/**
+ * A stall hook: called once when a callback is found running past the threshold
+ * (`still_running` true), and once after a stalled callback ends (`still_running` false, with
+ * its whole duration). A stall that ends before the watchdog's next scan gets only the second
+ * report. Runs on the runtime's watchdog thread, `<name>-watchdog`, never on a worker: it may
+ * take its time without stalling anything, but delays the reports after it.
+ */
+typedef void (*tb_stall_fn)(void *arg, const struct tb_stall *stall);
 
 /**
  * A timer callback: runs on an async worker thread at each tick.
@@ -495,6 +687,42 @@ bool tb_job_cancelled(const struct tb_job *job);
 void tb_job_set_result(struct tb_job *job, void *value);
 
 /**
+ * Fills `*out` with the state and counters of runtime `rt`.
+ *
+ * Cheap enough to call often: it reads atomics and takes the blocking pool's lock once. Set
+ * `out->struct_size` first. Errors: `TB_ERR_NULL` (`out`), `TB_ERR_INVALID_ARG`
+ * (`struct_size`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`. Any thread.
+ */
+tb_status tb_runtime_metrics(struct tb_runtime rt, struct tb_metrics *out);
+
+/**
+ * Starts the lateness probe of runtime `rt`: a tick every `period_ms` (1 to 60000) on its
+ * async workers, each measuring how late it runs. Statistics restart from zero.
+ *
+ * The tick is an async task like a timer; it costs a few microseconds of worker time per
+ * period. Read the results with `tb_runtime_probe_stats`. Errors: `TB_ERR_BAD_HANDLE`,
+ * `TB_ERR_SHUTDOWN`, `TB_ERR_INVALID_ARG` (`period_ms`), `TB_ERR_ALREADY` (already running).
+ * Any thread.
+ */
+tb_status tb_runtime_probe_start(struct tb_runtime rt, uint32_t period_ms);
+
+/**
+ * Stops the lateness probe of runtime `rt`; its statistics stay readable.
+ *
+ * Errors: `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`, `TB_ERR_ALREADY` (not running). Any thread.
+ */
+tb_status tb_runtime_probe_stop(struct tb_runtime rt);
+
+/**
+ * Fills `*out` with the lateness statistics of runtime `rt`'s probe (running or stopped).
+ *
+ * Set `out->struct_size` first. All zero if the probe never ran. Errors: `TB_ERR_NULL`
+ * (`out`), `TB_ERR_INVALID_ARG` (`struct_size`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`.
+ * Any thread.
+ */
+tb_status tb_runtime_probe_stats(struct tb_runtime rt, struct tb_probe_stats *out);
+
+/**
  * Creates a completion queue with its file descriptor.
  *
  * On success `*out` receives the handle; the caller owns the queue and ends it with
@@ -612,6 +840,18 @@ tb_status tb_runtime_default(struct tb_runtime *out);
  * `TB_ERR_INVALID_ARG` (the default runtime, which lives for the process).
  */
 tb_status tb_runtime_shutdown(struct tb_runtime rt, uint64_t timeout_ms);
+
+/**
+ * Sets the hook that receives the stall reports of runtime `rt`, replacing any previous one;
+ * NULL `func` removes it.
+ *
+ * See `tb_stall_fn` for when and where it is called. The library does not own `arg`. After
+ * `tb_runtime_shutdown` returns `TB_OK`, the hook is never called again. With
+ * `TB_STALL_LOG=1` in the environment, every report is also printed to stderr, hook or not.
+ * Errors: `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`, `TB_ERR_INVALID_ARG` (the runtime's
+ * `stall_threshold_ms` is 0: detection is off). Any thread.
+ */
+tb_status tb_runtime_on_stall(struct tb_runtime rt, tb_stall_fn func, void *arg);
 
 /**
  * Starts an async sleep: the task finishes with `TB_OK` after `delay_ms` milliseconds.

@@ -233,7 +233,6 @@ impl<T> HandleTable<T> {
     }
 
     /// How many ids are live in this table.
-    #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }

@@ -3,6 +3,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,12 +100,16 @@ pub(crate) fn run(task: &Arc<Task>) {
         Ok((code, value, ended)) => (TB_ERR_CALLBACK, code, value, ended),
         Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), Instant::now()),
     };
+    let queued_us = micros_between(task.submitted, started);
+    let counters = &blocking(task).pool.counters;
+    counters.job_started(queued_us);
+    counters.job_completed(status != TB_OK);
     task.settle(tb_outcome {
         status,
         code,
         value,
         ticks: 0,
-        queued_us: micros_between(task.submitted, started),
+        queued_us,
         run_us: micros_between(started, ended),
     });
 }
@@ -112,8 +117,14 @@ pub(crate) fn run(task: &Arc<Task>) {
 /// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
 /// thread, then completes it with `status`.
 pub(crate) fn abandon(task: &Task, status: tb_status) {
+    let blocking = blocking(task);
+    blocking
+        .pool
+        .counters
+        .jobs_cancelled
+        .fetch_add(1, Ordering::Relaxed);
     // SAFETY: the caller won the transition out of QUEUED.
-    drop(unsafe { blocking(task).take_payload() });
+    drop(unsafe { blocking.take_payload() });
     task.settle(tb_outcome {
         status,
         queued_us: micros_between(task.submitted, Instant::now()),

@@ -6,8 +6,9 @@
 //!
 //! Exported concepts, one module each: [`runtime`], [`job`] (blocking jobs), [`timer`] (sleeps
 //! and timers), [`completion`] (task handles: wait, poll, outcome, cancel, callbacks, release,
-//! groups), [`queue`] (completion queues for foreign event loops), [`error`] (status codes and
-//! the last error) and [`version`]. Plumbing: [`panic`]
+//! groups), [`queue`] (completion queues for foreign event loops), [`metrics`] (the pools' state
+//! and counters), [`stall`] (the stall detector), [`probe`] (the lateness probe), [`error`]
+//! (status codes and the last error) and [`version`]. Plumbing: [`panic`]
 //! (the boundary around every exported function), [`handle`] (generation-checked handle
 //! tables), [`task`] (the completion state machine), [`pool`] (the blocking-job queue),
 //! [`userdata`] (C data with its destructor), [`context`] (what the current thread does) and
@@ -23,8 +24,11 @@
 pub mod completion;
 pub mod error;
 pub mod job;
+pub mod metrics;
+pub mod probe;
 pub mod queue;
 pub mod runtime;
+pub mod stall;
 pub mod timer;
 pub mod version;
 

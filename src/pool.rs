@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
+use crate::metrics::Counters;
 use crate::sync::{lock, wait_until};
 use crate::task::Task;
 
@@ -34,9 +35,18 @@ struct State {
     closed: bool,
 }
 
+/// The pool's gauges at one moment.
+pub(crate) struct Snapshot {
+    pub(crate) threads: u32,
+    pub(crate) idle: u32,
+    pub(crate) queued: u64,
+    pub(crate) running: u64,
+}
+
 /// The blocking-job queue of one runtime.
 pub(crate) struct Pool {
     handle: tokio::runtime::Handle,
+    pub(crate) counters: Arc<Counters>,
     max_threads: usize,
     max_queued: usize,
     keep_alive: Duration,
@@ -52,9 +62,11 @@ impl Pool {
         max_threads: usize,
         max_queued: usize,
         keep_alive: Duration,
+        counters: Arc<Counters>,
     ) -> Self {
         Pool {
             handle,
+            counters,
             max_threads,
             max_queued,
             keep_alive,
@@ -91,6 +103,7 @@ impl Pool {
         }
         state.queue.push_back(Arc::clone(&task));
         state.queued += 1;
+        self.counters.jobs_submitted.fetch_add(1, Ordering::Relaxed);
         if state.idle > 0 {
             state.idle -= 1;
             state.wakeups += 1;
@@ -113,6 +126,7 @@ impl Pool {
         if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, &task)) {
             state.queue.remove(at);
             state.queued -= 1;
+            self.counters.jobs_submitted.fetch_sub(1, Ordering::Relaxed);
         }
         Err(Error::new(
             TB_ERR_OS,
@@ -207,6 +221,17 @@ impl Pool {
         drop(state);
         self.work.notify_all();
         queued.into()
+    }
+
+    /// The pool's gauges now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let state = self.lock();
+        Snapshot {
+            threads: state.drainers as u32,
+            idle: state.idle as u32,
+            queued: state.queued as u64,
+            running: state.running as u64,
+        }
     }
 
     /// Waits until no job is running or `deadline` passes. True if none is running.

@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::completion::{check_may_wait, tb_task};
 use crate::error::{tb_status, Error, TB_ERR_BAD_HANDLE, TB_ERR_OS, TB_OK, TB_TIMED_OUT};
 use crate::handle::{HandleTable, TAG_QUEUE};
+use crate::metrics::{versioned_size, write_versioned};
 use crate::panic::boundary;
 use crate::runtime::deadline_after;
 use crate::sync::{lock, wait_until};
@@ -361,17 +362,7 @@ pub extern "C" fn tb_queue_wait(q: tb_queue, timeout_ms: u64) -> tb_status {
 #[no_mangle]
 pub extern "C" fn tb_queue_get_stats(q: tb_queue, out: *mut tb_queue_stats) -> tb_status {
     boundary("tb_queue_get_stats", || {
-        if out.is_null() {
-            return Err(Error::null("out"));
-        }
-        // SAFETY: checked non-NULL; `struct_size` is the first field of every version.
-        let size = unsafe { out.cast::<u32>().read() } as usize;
-        if size < std::mem::size_of::<u32>() || size > std::mem::size_of::<tb_queue_stats>() {
-            return Err(Error::invalid(format!(
-                "out->struct_size is {size}; set it to sizeof(tb_queue_stats) = {}",
-                std::mem::size_of::<tb_queue_stats>()
-            )));
-        }
+        let size = versioned_size::<tb_queue_stats>(out.cast(), "tb_queue_stats")?;
         let queue = lookup(q)?;
         let stats = tb_queue_stats {
             struct_size: size as u32,
@@ -380,14 +371,8 @@ pub extern "C" fn tb_queue_get_stats(q: tb_queue, out: *mut tb_queue_stats) -> t
             wakeups: queue.wakeups.load(Ordering::Relaxed),
             pending: queue.lock().tags.len() as u64,
         };
-        // SAFETY: the caller's struct has `size` bytes; we copy no more than that.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                std::ptr::from_ref(&stats).cast::<u8>(),
-                out.cast::<u8>(),
-                size,
-            )
-        };
+        // SAFETY: `out` is non-NULL and has `size <= sizeof(tb_queue_stats)` bytes.
+        unsafe { write_versioned(&stats, out.cast(), size) };
         Ok(TB_OK)
     })
 }

@@ -13,8 +13,11 @@ use crate::error::{
 };
 use crate::handle::{HandleTable, TAG_RUNTIME};
 use crate::job;
+use crate::metrics::Counters;
 use crate::panic::boundary;
 use crate::pool::Pool;
+use crate::probe::Probe;
+use crate::stall::Watchdog;
 use crate::sync::lock;
 
 /// A runtime handle: a generation-checked id, never a pointer. The id 0 is never valid.
@@ -62,6 +65,10 @@ pub struct tb_runtime_config {
     /// threads "<name>-blocking-N"; the operating system keeps only the first 15 bytes of a
     /// thread name. At most 63 bytes of UTF-8.
     pub thread_name: *const c_char,
+    /// A C callback running longer than this on an async worker is a stall, reported to the
+    /// `tb_runtime_on_stall` hook, in ms. `tb_runtime_config_init` sets 10; 0 turns stall
+    /// detection off (and with it the runtime's watchdog thread). At most 3600000.
+    pub stall_threshold_ms: u32,
 }
 
 const DEFAULT_MAX_BLOCKING_THREADS: u32 = 512;
@@ -70,6 +77,8 @@ const MAX_WORKER_THREADS: u32 = 1024;
 const MAX_BLOCKING_THREADS: u32 = 65_536;
 const MIN_STACK_SIZE: usize = 65_536;
 const MAX_NAME_LEN: usize = 63;
+const DEFAULT_STALL_THRESHOLD_MS: u32 = 10;
+const MAX_STALL_THRESHOLD_MS: u32 = 3_600_000;
 
 impl Default for tb_runtime_config {
     fn default() -> Self {
@@ -82,12 +91,13 @@ impl Default for tb_runtime_config {
             max_queued_blocking: 0,
             thread_stack_size: 0,
             thread_name: std::ptr::null(),
+            stall_threshold_ms: DEFAULT_STALL_THRESHOLD_MS,
         }
     }
 }
 
 /// The sizes an older caller's `tb_runtime_config` may have: the end of each field.
-const CONFIG_SIZES: [usize; 8] = [
+const CONFIG_SIZES: [usize; 9] = [
     offset_of!(tb_runtime_config, flavor) + 4,
     offset_of!(tb_runtime_config, worker_threads) + 4,
     offset_of!(tb_runtime_config, max_blocking_threads) + 4,
@@ -95,6 +105,7 @@ const CONFIG_SIZES: [usize; 8] = [
     offset_of!(tb_runtime_config, max_queued_blocking) + 4,
     offset_of!(tb_runtime_config, thread_stack_size) + size_of::<usize>(),
     offset_of!(tb_runtime_config, thread_name) + size_of::<*const c_char>(),
+    offset_of!(tb_runtime_config, stall_threshold_ms) + 4,
     size_of::<tb_runtime_config>(),
 ];
 
@@ -107,6 +118,7 @@ struct Config {
     max_queued: usize,
     stack_size: usize,
     name: String,
+    stall_threshold: Duration,
 }
 
 /// Reads a caller's config, possibly from an older, smaller struct, and checks every field.
@@ -157,6 +169,12 @@ unsafe fn read_config(cfg: *const tb_runtime_config) -> Result<Config, Error> {
             c.max_blocking_threads
         )));
     }
+    if c.stall_threshold_ms > MAX_STALL_THRESHOLD_MS {
+        return Err(Error::invalid(format!(
+            "cfg->stall_threshold_ms is {}; at most {MAX_STALL_THRESHOLD_MS} (0 turns detection off)",
+            c.stall_threshold_ms
+        )));
+    }
     if c.thread_stack_size != 0 && c.thread_stack_size < MIN_STACK_SIZE {
         return Err(Error::invalid(format!(
             "cfg->thread_stack_size is {}; use 0 (default) or at least {MIN_STACK_SIZE}",
@@ -193,14 +211,8 @@ unsafe fn read_config(cfg: *const tb_runtime_config) -> Result<Config, Error> {
         max_queued: c.max_queued_blocking as usize,
         stack_size: c.thread_stack_size,
         name,
+        stall_threshold: Duration::from_millis(u64::from(c.stall_threshold_ms)),
     })
-}
-
-/// Counters shared with the runtime's tasks.
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// Sleeps and timers not yet ended.
-    pub(crate) async_tasks: AtomicUsize,
 }
 
 /// Who drives the Tokio runtime, and so how to stop it.
@@ -221,6 +233,9 @@ pub(crate) struct Runtime {
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) pool: Arc<Pool>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) workers: u32,
+    pub(crate) watchdog: Option<Arc<Watchdog>>,
+    pub(crate) probe: Mutex<Probe>,
     closed: AtomicBool,
     driver: Mutex<Option<Driver>>,
 }
@@ -262,16 +277,21 @@ fn thread_names(name: String, workers: usize) -> impl Fn() -> String + Send + Sy
 }
 
 /// Counts async workers that have started: each one parks (goes idle) once right after it
-/// starts, and only workers park. `tb_runtime_new` returns once all of them have.
+/// starts, and only workers park. `tb_runtime_new` returns once all of them have. That first
+/// park is also when a worker gets its stall-detector slot.
 #[derive(Default)]
 struct Started {
     workers: Mutex<usize>,
     cv: Condvar,
+    watchdog: Option<Arc<Watchdog>>,
 }
 
 impl Started {
     fn on_park(&self) {
         if context::mark_async_worker() {
+            if let Some(watchdog) = &self.watchdog {
+                watchdog.register_current_thread();
+            }
             *lock(&self.workers) += 1;
             self.cv.notify_all();
         }
@@ -314,7 +334,26 @@ impl Runtime {
         } else {
             config.workers
         };
-        let started = Arc::new(Started::default());
+        let counters = Arc::new(Counters::default());
+        let watchdog = if config.stall_threshold.is_zero() {
+            None
+        } else {
+            Some(Arc::new(Watchdog::start(
+                config.stall_threshold,
+                Arc::clone(&counters),
+                &config.name,
+                serial,
+            )?))
+        };
+        let stop_watchdog = || {
+            if let Some(watchdog) = &watchdog {
+                watchdog.stop(true);
+            }
+        };
+        let started = Arc::new(Started {
+            watchdog: watchdog.clone(),
+            ..Started::default()
+        });
         let on_park = Arc::clone(&started);
         builder
             .enable_time()
@@ -326,17 +365,19 @@ impl Runtime {
         if config.stack_size > 0 {
             builder.thread_stack_size(config.stack_size);
         }
-        let runtime = builder
-            .build()
-            .map_err(|e| os_error("could not start the runtime", e))?;
+        let runtime = builder.build().map_err(|e| {
+            stop_watchdog();
+            os_error("could not start the runtime", e)
+        })?;
         let handle = runtime.handle().clone();
         let driver = if config.current_thread {
-            Self::drive_on_own_thread(runtime, &config, serial)?
+            Self::drive_on_own_thread(runtime, &config, serial).inspect_err(|_| stop_watchdog())?
         } else {
             Driver::MultiThread(runtime)
         };
         if let Err(error) = started.wait_for(config.workers) {
             Self::stop_in_background(Some(driver));
+            stop_watchdog();
             return Err(error);
         }
         Ok(Runtime {
@@ -347,9 +388,13 @@ impl Runtime {
                 config.max_blocking,
                 config.max_queued,
                 config.keep_alive,
+                Arc::clone(&counters),
             )),
             handle,
-            counters: Arc::default(),
+            counters,
+            workers: config.workers as u32,
+            watchdog,
+            probe: Mutex::default(),
             closed: AtomicBool::new(false),
             driver: Mutex::new(Some(driver)),
         })
@@ -416,12 +461,18 @@ impl Runtime {
             }
             None => {}
         }
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stop(true);
+        }
         self.pool.wait_idle(deadline) && self.counters.async_tasks.load(Ordering::Acquire) == 0
     }
 
     /// Stops without waiting for anything: for calls from threads that must not block.
     fn finish_in_background(&self) {
         Self::stop_in_background(lock(&self.driver).take());
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.stop(false);
+        }
     }
 
     fn stop_in_background(driver: Option<Driver>) {

@@ -25,6 +25,7 @@ use crate::error::{tb_status, Error, TB_ERR_ALREADY, TB_OK};
 use crate::handle::{HandleTable, TAG_TASK};
 use crate::queue::Queue;
 use crate::runtime::{self, tb_runtime, Runtime};
+use crate::stall::{self, TB_STALL_COMPLETION};
 use crate::sync::{lock, wait_until};
 
 /// Every live task handle.
@@ -62,8 +63,10 @@ impl Callback {
 
     fn call(self, id: u64, outcome: &tb_outcome) {
         context::as_task(id, || {
-            // SAFETY: a C function pointer and argument registered by the caller, called once.
-            unsafe { (self.func)(self.arg, tb_task { id }, outcome) }
+            stall::timed(TB_STALL_COMPLETION, self.func as usize, self.arg, || {
+                // SAFETY: a C function pointer and argument registered by the caller, called once.
+                unsafe { (self.func)(self.arg, tb_task { id }, outcome) }
+            })
         })
     }
 }

@@ -13,8 +13,10 @@ use tokio::sync::Notify;
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_CANCELLED, TB_ERR_SHUTDOWN, TB_OK};
+use crate::metrics::Counters;
 use crate::panic::boundary;
-use crate::runtime::{tb_runtime, Counters};
+use crate::runtime::tb_runtime;
+use crate::stall::{self, TB_STALL_TIMER};
 use crate::task::{micros_between, Submission, Task, Work, RUNNING};
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -125,8 +127,10 @@ async fn run(mut ending: Ending, delay_ms: u64, tick: Option<Tick>) {
             .as_ref()
             .map_or(std::ptr::null_mut(), UserArg::ptr);
         let code = context::as_task(task.id, || {
-            // SAFETY: the caller's callback and argument, as documented.
-            unsafe { (tick.func)(arg, ending.ticks) }
+            stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
+                // SAFETY: the caller's callback and argument, as documented.
+                unsafe { (tick.func)(arg, ending.ticks) }
+            })
         });
         ending.ticks += 1;
         if code != 0 || tick.period_ms == 0 {

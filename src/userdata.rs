@@ -6,6 +6,8 @@
 
 use std::ffi::c_void;
 
+use crate::stall::{self, TB_STALL_FREE};
+
 /// Destroys a user `arg`. Called exactly once per accepted submission, never for a call that
 /// failed. NULL means the library does not own `arg`.
 #[allow(non_camel_case_types)]
@@ -39,8 +41,10 @@ impl UserArg {
 impl Drop for UserArg {
     fn drop(&mut self) {
         if let Some(free) = self.free.take() {
-            // SAFETY: `free` is the caller's destructor for `ptr`, called exactly once.
-            unsafe { free(self.ptr) }
+            stall::timed(TB_STALL_FREE, free as usize, self.ptr, || {
+                // SAFETY: `free` is the caller's destructor for `ptr`, called exactly once.
+                unsafe { free(self.ptr) }
+            })
         }
     }
 }
