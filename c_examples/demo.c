@@ -1,8 +1,10 @@
 /* demo: the claims of the guide tokio-bridge grew from, measured one by one from C.
  *
- * Each row states a claim, what was measured on which runtime shape, and a verdict. The
- * blocking work comes from the simulated blocking library (tests/c/simlib.c): sleeps standing
- * for driver round trips, and a CPU loop. Prints a markdown table. */
+ * Each row states a claim, what was measured on which runtime shape, and a verdict, plus what
+ * the library itself saw meanwhile: the worst p99 lateness of a 5 ms probe tick and the number
+ * of stalls (C callbacks that held an async worker for more than 10 ms). The blocking work
+ * comes from the simulated blocking library (tests/c/simlib.c): sleeps standing for driver
+ * round trips, and a CPU loop. Prints a markdown table. */
 #include <stdatomic.h>
 #include <stdarg.h>
 
@@ -12,7 +14,31 @@ typedef struct row {
     const char *claim;
     char measured[160];
     const char *verdict;
+    double probe_p99_ms; /* -1: no probe during this claim */
+    uint64_t stalls;
 } row;
+
+/* What the runtime saw during a scenario: the probe's lateness and the stalls. */
+static tb_metrics watched_from;
+
+static void watch(tb_runtime rt) {
+    watched_from.struct_size = sizeof watched_from;
+    TRY(tb_runtime_metrics(rt, &watched_from));
+    TRY(tb_runtime_probe_start(rt, 5));
+}
+
+static void unwatch(tb_runtime rt, row *r) {
+    tb_probe_stats probe = {.struct_size = sizeof probe};
+    tb_metrics now = {.struct_size = sizeof now};
+    sim_sleep_ms(15); /* the watchdog reports stalls that just ended within 5 ms */
+    TRY(tb_runtime_probe_stats(rt, &probe));
+    TRY(tb_runtime_probe_stop(rt));
+    TRY(tb_runtime_metrics(rt, &now));
+    if ((double)probe.p99_us / 1000 > r->probe_p99_ms) {
+        r->probe_p99_ms = (double)probe.p99_us / 1000;
+    }
+    r->stalls += now.stalls - watched_from.stalls;
+}
 
 static void say(row *r, const char *verdict, const char *fmt, ...) {
     va_list args;
@@ -75,9 +101,11 @@ static int32_t nothing(void *arg, tb_job *job) {
     return 0;
 }
 
-/* Runs `n` copies of a sleep of `ms`, in timer callbacks or as jobs; returns the wall time. */
-static double sleeps(tb_runtime rt, int on_pool, int n, unsigned ms) {
+/* Runs `n` copies of a sleep of `ms`, in timer callbacks or as jobs, watched for `r`; returns
+ * the wall time. */
+static double sleeps(tb_runtime rt, int on_pool, int n, unsigned ms, row *r) {
     tb_task t[32];
+    watch(rt);
     double start = sim_now_ms();
     for (int i = 0; i < n; i++) {
         if (on_pool) {
@@ -91,6 +119,7 @@ static double sleeps(tb_runtime rt, int on_pool, int n, unsigned ms) {
     for (int i = 0; i < n; i++) {
         finish(t[i]);
     }
+    unwatch(rt, r);
     return took;
 }
 
@@ -122,8 +151,8 @@ static void four_blocking_tasks(row *wrong_place, row *right_place) {
     static const uint32_t workers[] = {4, 1, 1};
     for (int i = 0; i < 3; i++) {
         tb_runtime rt = runtime_with(flavors[i], workers[i], 0);
-        on_workers[i] = sleeps(rt, 0, 4, 100);
-        on_pool[i] = sleeps(rt, 1, 4, 100);
+        on_workers[i] = sleeps(rt, 0, 4, 100, wrong_place);
+        on_pool[i] = sleeps(rt, 1, 4, 100, right_place);
         TRY(tb_runtime_shutdown(rt, TB_FOREVER));
     }
     say(wrong_place, "wrong",
@@ -141,6 +170,7 @@ static void others_delayed(row *r) {
     for (int i = 0; i < 2; i++) {
         tb_runtime rt = runtime_with(flavors[i], workers[i], 0);
         tb_task blocker, victim;
+        watch(rt);
         TRY(tb_timer_start(rt, 0, 0, sleep_in_timer, (void *)(intptr_t)500, NULL, &blocker));
         sim_sleep_ms(5);
         due_at = sim_now_ms() + 10;
@@ -148,6 +178,7 @@ static void others_delayed(row *r) {
         finish(victim);
         finish(blocker);
         late[i] = late_by;
+        unwatch(rt, r);
         TRY(tb_runtime_shutdown(rt, TB_FOREVER));
     }
     say(r, "partly",
@@ -159,9 +190,11 @@ static void others_delayed(row *r) {
 static void stays_responsive(row *r) {
     tb_runtime rt = runtime_with(TB_CURRENT_THREAD, 1, 0);
     tb_task tick = ticker(rt, 100), job;
+    watch(rt);
     double start = sim_now_ms(), took;
     TRY(tb_spawn_blocking(rt, sleep_in_job, (void *)(intptr_t)1000, NULL, &job));
     int n = ticks_until_done(job, start, &took);
+    unwatch(rt, r);
     stop(tick);
     TRY(tb_runtime_shutdown(rt, TB_FOREVER));
     say(r, "true", "%d ticks of 100 ms during a %.0f ms blocking job, on current-thread", n,
@@ -172,6 +205,7 @@ static void cpu_starves(row *r) {
     tb_runtime rt = runtime_with(TB_CURRENT_THREAD, 1, 0);
     tb_task tick = ticker(rt, 10), work;
     uint64_t on_worker = 0, on_pool = 0;
+    watch(rt);
     double start = sim_now_ms(), worker_ms, pool_ms;
     TRY(tb_timer_start(rt, 0, 0, sum_in_timer, &on_worker, NULL, &work));
     int worker_ticks = ticks_until_done(work, start, &worker_ms);
@@ -179,6 +213,7 @@ static void cpu_starves(row *r) {
     start = sim_now_ms();
     TRY(tb_spawn_blocking(rt, sum_in_job, &on_pool, NULL, &work));
     int pool_ticks = ticks_until_done(work, start, &pool_ms);
+    unwatch(rt, r);
     stop(tick);
     TRY(tb_runtime_shutdown(rt, TB_FOREVER));
     say(r, on_worker == on_pool ? "true" : "WRONG SUM",
@@ -190,7 +225,7 @@ static void pool_grows_and_shrinks(row *grows, row *shrinks) {
     tb_runtime rt = named_runtime("demo", 4, 16, 300);
     int before = threads_named("demo-blocking");
     sim_reset();
-    double took = sleeps(rt, 1, 20, 100);
+    double took = sleeps(rt, 1, 20, 100, grows);
     int peak = sim_stats().peak_in_flight;
     int after = threads_named("demo-blocking");
     sim_sleep_ms(700);
@@ -207,11 +242,13 @@ static void timeout_continues(row *r) {
     tb_runtime rt;
     tb_task t;
     TRY(tb_runtime_default(&rt));
+    watch(rt);
     double start = sim_now_ms();
     TRY(tb_spawn_blocking(rt, sleep_in_job, (void *)(intptr_t)1000, NULL, &t));
     tb_status waited = tb_task_wait(t, 50);
     double timed_out = sim_now_ms() - start;
     tb_outcome o = finish(t);
+    unwatch(rt, r);
     say(r, "true", "wait(50 ms) gave %s after %.0f ms; the job went on and ended %s at %.0f ms",
         tb_status_name(waited), timed_out, tb_status_name(o.status), sim_now_ms() - start);
 }
@@ -220,6 +257,7 @@ static void abort_does_not_stop(row *r) {
     tb_runtime rt;
     tb_task plain, coop;
     TRY(tb_runtime_default(&rt));
+    watch(rt);
     TRY(tb_spawn_blocking(rt, sleep_in_job, (void *)(intptr_t)500, NULL, &plain));
     TRY(tb_spawn_blocking(rt, chunks, NULL, NULL, &coop));
     sim_sleep_ms(50);
@@ -229,6 +267,7 @@ static void abort_does_not_stop(row *r) {
     tb_outcome c = finish(coop);
     double stopped = sim_now_ms() - start;
     tb_outcome p = finish(plain);
+    unwatch(rt, r);
     say(r, "true",
         "cancel gave %s; the plain job ran its full %.0f ms; one that checks tb_job_cancelled "
         "stopped %.0f ms after, at chunk %d of 100",
@@ -259,8 +298,10 @@ static void per_task_cost(tb_runtime rt, int blocking, double *batch_us, double 
 static void overhead(row *r) {
     tb_runtime rt = named_runtime("cost", 0, 0, 0);
     double async_batch, async_one, blocking_batch, blocking_one;
+    watch(rt);
     per_task_cost(rt, 0, &async_batch, &async_one);
     per_task_cost(rt, 1, &blocking_batch, &blocking_one);
+    unwatch(rt, r);
     int threads = threads_named("cost-blocking");
     TRY(tb_runtime_shutdown(rt, TB_FOREVER));
     say(r, "partly",
@@ -271,16 +312,16 @@ static void overhead(row *r) {
 
 int main(void) {
     row rows[] = {
-        {"Four tasks blocking 100 ms on 4 core threads take ~400 ms", "", ""},
-        {"With spawn_blocking they take ~100 ms instead of ~400 ms", "", ""},
-        {"Other async tasks can't run while a worker is blocked", "", ""},
-        {"Async tasks stay responsive during a 1 s spawn_blocking job", "", ""},
-        {"CPU work on the runtime starves other tasks; spawn_blocking does not", "", ""},
-        {"The blocking pool grows on demand up to max_blocking_threads", "", ""},
-        {"Idle blocking threads are removed", "", ""},
-        {"Timed out, but the blocking thread continues", "", ""},
-        {"Abort doesn't stop the blocking thread", "", ""},
-        {"spawn is cheap; spawn_blocking costs more (thread allocation)", "", ""},
+        {"Four tasks blocking 100 ms on 4 core threads take ~400 ms", "", "", -1, 0},
+        {"With spawn_blocking they take ~100 ms instead of ~400 ms", "", "", -1, 0},
+        {"Other async tasks can't run while a worker is blocked", "", "", -1, 0},
+        {"Async tasks stay responsive during a 1 s spawn_blocking job", "", "", -1, 0},
+        {"CPU work on the runtime starves other tasks; spawn_blocking does not", "", "", -1, 0},
+        {"The blocking pool grows on demand up to max_blocking_threads", "", "", -1, 0},
+        {"Idle blocking threads are removed", "", "", -1, 0},
+        {"Timed out, but the blocking thread continues", "", "", -1, 0},
+        {"Abort doesn't stop the blocking thread", "", "", -1, 0},
+        {"spawn is cheap; spawn_blocking costs more (thread allocation)", "", "", -1, 0},
     };
     printf("tokio-bridge %s: measuring the guide's claims (about 10 s)...\n",
            tb_version_string());
@@ -294,10 +335,18 @@ int main(void) {
     abort_does_not_stop(&rows[8]);
     overhead(&rows[9]);
 
-    printf("\n| # | the guide says | measured | verdict |\n|---|---|---|---|\n");
+    printf("\n| # | the guide says | measured | verdict | probe p99 | stalls |\n"
+           "|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        printf("| %zu | %s | %s | %s |\n", i + 1, rows[i].claim, rows[i].measured,
-               rows[i].verdict);
+        char p99[32] = "n/a";
+        if (rows[i].probe_p99_ms >= 0) {
+            snprintf(p99, sizeof p99, "%.1f ms", rows[i].probe_p99_ms);
+        }
+        printf("| %zu | %s | %s | %s | %s | %llu |\n", i + 1, rows[i].claim, rows[i].measured,
+               rows[i].verdict, p99, (unsigned long long)rows[i].stalls);
     }
+    printf("\nprobe p99: the 99th percentile of how late a 5 ms async tick ran during the "
+           "scenario (worst runtime shape);\nstalls: C callbacks that held an async worker for "
+           "more than 10 ms.\n");
     return 0;
 }

@@ -183,9 +183,11 @@ typedef void (*tb_free_fn)(void *arg);
  * The state and counters of a runtime, filled by `tb_runtime_metrics`.
  *
  * Set `struct_size` to `sizeof(tb_metrics)` before the call: a caller built against an older,
- * smaller struct gets the fields it knows. Counters count since the runtime started. For every
- * runtime, `jobs_submitted == jobs_completed + jobs_cancelled + blocking_queued +
- * blocking_running` (give or take jobs moving between two of these during the call).
+ * smaller struct gets the fields it knows. Counters (`jobs_*`, `queue_wait_*`) count since the
+ * runtime started and are up to date by the time the task they count is finished; gauges
+ * (`blocking_*`, `timers_active`, `tasks_alive`) count a task until just after it finished.
+ * Once no job moves, `jobs_submitted == jobs_completed + jobs_cancelled + blocking_queued +
+ * blocking_running`.
  */
 typedef struct tb_metrics {
   /**

@@ -324,11 +324,10 @@ fn describe(stall: &tb_stall) -> String {
         && !info.dli_sname.is_null()
     {
         // SAFETY: dladdr returned a NUL-terminated symbol name.
-        unsafe { CStr::from_ptr(info.dli_sname) }
-            .to_string_lossy()
-            .into_owned()
+        let name = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
+        format!("{name} ({callback:#x})")
     } else {
-        "?".to_string()
+        format!("{callback:#x} (no exported symbol: a non-static function linked with -rdynamic shows its name)")
     };
     let kind = match stall.kind {
         TB_STALL_TIMER => "timer callback",
@@ -338,8 +337,8 @@ fn describe(stall: &tb_stall) -> String {
     // SAFETY: the name is NUL-terminated within its 16 bytes.
     let thread = unsafe { CStr::from_ptr(stall.thread_name.as_ptr()) }.to_string_lossy();
     format!(
-        "tokio-bridge: stall: {kind} {symbol} ({callback:#x}, arg {:p}) on async worker {thread} \
-         (tid {}): {:.1} ms{}",
+        "tokio-bridge: stall: {kind} {symbol}, arg {:p}, on async worker {thread} (tid {}): \
+         {:.1} ms{}",
         stall.arg,
         stall.thread_id,
         stall.duration_us as f64 / 1000.0,

@@ -43,16 +43,17 @@ fn compiler(cpp: bool) -> Command {
         .to_command()
 }
 
-fn run_checked(mut command: Command, what: &str) -> String {
+/// Runs a command that must succeed; returns its stdout and stderr.
+fn run_checked(mut command: Command, what: &str) -> (String, String) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
     );
-    stdout
+    (stdout, stderr)
 }
 
 /// Compiles C sources into an executable linked to the library.
@@ -81,8 +82,9 @@ fn build(name: &str, sources: &[PathBuf]) -> PathBuf {
 /// One C program runs at a time: several of them measure timing on a 2-core machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs a program (under `TB_TEST_WRAPPER` if set) and returns its output.
-fn run(exe: &Path, args: &[&str]) -> String {
+/// Runs a program (under `TB_TEST_WRAPPER` if set) with extra environment variables; returns
+/// its stdout and stderr.
+fn run(exe: &Path, env: &[(&str, &str)]) -> (String, String) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let wrapper = std::env::var("TB_TEST_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
@@ -94,12 +96,13 @@ fn run(exe: &Path, args: &[&str]) -> String {
         }
         None => Command::new(exe),
     };
-    command.args(args);
+    command.envs(env.iter().copied());
     run_checked(command, &exe.display().to_string())
 }
 
-/// Builds and runs `tests/c/<name>.c` and checks its closing "N passed, 0 failed" line.
-fn c_test(name: &str) {
+/// Builds and runs `tests/c/<name>.c` with extra environment variables, checks its closing
+/// "N passed, 0 failed" line, and returns its stderr.
+fn c_test_with(name: &str, env: &[(&str, &str)]) -> String {
     let exe = build(
         name,
         &[
@@ -107,11 +110,16 @@ fn c_test(name: &str) {
             root().join("tests/c/simlib.c"),
         ],
     );
-    let stdout = run(&exe, &[]);
+    let (stdout, stderr) = run(&exe, env);
     print!("{stdout}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.ends_with(" passed, 0 failed"), "{name}: {stdout}");
     assert!(!last.starts_with("0 passed"), "{name} checked nothing");
+    stderr
+}
+
+fn c_test(name: &str) {
+    c_test_with(name, &[]);
 }
 
 #[test]
@@ -188,4 +196,26 @@ fn c_many_tasks_and_callback_threads() {
 #[test]
 fn c_completion_queues() {
     c_test("test_queue");
+}
+
+#[test]
+fn c_stall_reports_probe_and_metrics() {
+    let stderr = c_test_with("test_blockwatch", &[("TB_STALL_LOG", "1")]);
+    let logged: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tokio-bridge: stall:"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        2,
+        "TB_STALL_LOG=1 prints both reports: {stderr}"
+    );
+    assert!(
+        logged[0].contains("timer callback") && logged[0].contains("still running"),
+        "{stderr}"
+    );
+    assert!(
+        logged[1].contains("tb-worker-0") && logged[1].ends_with("ended"),
+        "{stderr}"
+    );
 }
