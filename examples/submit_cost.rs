@@ -1,7 +1,9 @@
 //! Measures the cost of the blocking-job path (submit, run a no-op, complete, release) and of
 //! the timer-callback path, in nanoseconds per task, with 10,000 tasks in flight.
 //!
-//! `cargo run --release --example submit_cost` (add `-- 0` to turn the stall detector off).
+//! `cargo run --release --example submit_cost [stall_threshold_ms [rounds]]`: pass 0 to turn
+//! the stall detector off and compare. Under `valgrind --tool=callgrind`, a few rounds give
+//! instruction counts that do not depend on the machine's load.
 
 use std::ffi::c_void;
 use std::time::Instant;
@@ -21,13 +23,12 @@ unsafe extern "C" fn tick(_arg: *mut c_void, _tick: u64) -> i32 {
 }
 
 const BATCH: usize = 10_000;
-const ROUNDS: usize = 50;
 
-/// Nanoseconds per task: submit BATCH tasks, wait for all, release them; ROUNDS times.
-fn per_task(mut submit: impl FnMut(&mut tb_task) -> tb_status) -> f64 {
+/// Nanoseconds per task: submit BATCH tasks, wait for all, release them; `rounds` times.
+fn per_task(rounds: usize, mut submit: impl FnMut(&mut tb_task) -> tb_status) -> f64 {
     let mut tasks = vec![tb_task::default(); BATCH];
     let start = Instant::now();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for t in tasks.iter_mut() {
             assert_eq!(submit(t), TB_OK);
         }
@@ -36,7 +37,7 @@ fn per_task(mut submit: impl FnMut(&mut tb_task) -> tb_status) -> f64 {
             assert_eq!(tb_task_release(*t), TB_OK);
         }
     }
-    start.elapsed().as_nanos() as f64 / (BATCH * ROUNDS) as f64
+    start.elapsed().as_nanos() as f64 / (BATCH * rounds) as f64
 }
 
 fn main() {
@@ -44,12 +45,20 @@ fn main() {
     tb_runtime_config_init(&mut cfg);
     cfg.worker_threads = 2;
     cfg.max_blocking_threads = 2;
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers: stall_threshold_ms rounds"))
+        .collect();
+    if let Some(&threshold) = args.first() {
+        cfg.stall_threshold_ms = threshold;
+    }
+    let rounds = args.get(1).map_or(50, |&r| r as usize);
     let mut rt = tb_runtime::default();
     assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_OK);
     let null = std::ptr::null_mut();
     for round in 0..3 {
-        let job = per_task(|t| tb_spawn_blocking(rt, Some(nothing), null, None, t));
-        let timer = per_task(|t| tb_timer_start(rt, 0, 0, Some(tick), null, None, t));
+        let job = per_task(rounds, |t| tb_spawn_blocking(rt, Some(nothing), null, None, t));
+        let timer = per_task(rounds, |t| tb_timer_start(rt, 0, 0, Some(tick), null, None, t));
         println!(
             "run {round}: blocking no-op job {job:.0} ns/task, one-shot timer {timer:.0} ns/task"
         );
