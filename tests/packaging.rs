@@ -151,11 +151,11 @@ fn installed() -> &'static Install {
     INSTALL.get_or_init(|| Install::new("stage"))
 }
 
-/// Copies a source of `tests/packaging/` into `dir`, so that it is built outside the tree.
-fn copy_source(name: &str, dir: &Path) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(root().join("tests/packaging").join(name), &to).unwrap();
+/// Copies `tests/<source>` into `dir`, so that it is built outside the tree.
+fn copy_source(source: &str, dir: &Path) -> PathBuf {
+    let from = root().join("tests").join(source);
+    let to = dir.join(from.file_name().unwrap());
+    std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
     to
 }
 
@@ -206,14 +206,16 @@ fn check_static_consumer(exe: &Path) {
     assert_eq!(run(&mut Command::new(exe)), expected_consumer_output());
 }
 
-/// Compiles `sources` into `dir/program` with the warning flags, then `flags` (the libraries).
-fn compile(
-    compiler: &str,
-    std: &str,
+/// Compiles `sources` into `dir/program` with the warning flags and what
+/// `pkg-config <pkg_args> --cflags --libs <module>` gives for the installed package.
+fn build_with_pkg_config(
+    (compiler, std): (&str, &str),
     dir: &Path,
     sources: &[PathBuf],
-    flags: &[String],
+    pkg_args: &[&str],
+    module: &str,
 ) -> PathBuf {
+    let flags = installed().pkg_config(&[pkg_args, &["--cflags", "--libs"]].concat(), module);
     let exe = dir.join("program");
     run(Command::new(compiler)
         .arg(format!("-std={std}"))
@@ -224,6 +226,8 @@ fn compile(
         .args(flags));
     exe
 }
+
+const C11: (&str, &str) = ("cc", "c11");
 
 /// Every file and symbolic link below `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -345,30 +349,37 @@ fn make_uninstall_removes_every_installed_file() {
 
 #[test]
 fn c_program_links_with_pkg_config() {
-    let install = installed();
     let dir = fresh_dir("pkg-config-shared");
-    let source = copy_source("consumer.c", &dir);
-    let flags = install.pkg_config(&["--cflags", "--libs"], "tokio_bridge");
-    let exe = compile("cc", "c11", &dir, &[source], &flags);
-    check_shared_consumer(&exe);
+    let sources = [copy_source("packaging/consumer.c", &dir)];
+    check_shared_consumer(&build_with_pkg_config(
+        C11,
+        &dir,
+        &sources,
+        &[],
+        "tokio_bridge",
+    ));
 }
 
 #[test]
 fn c_program_links_statically_with_pkg_config_static() {
-    let install = installed();
     let dir = fresh_dir("pkg-config-static");
-    let source = copy_source("consumer.c", &dir);
-    let flags = install.pkg_config(&["--static", "--cflags", "--libs"], "tokio_bridge-static");
-    let exe = compile("cc", "c11", &dir, &[source], &flags);
-    check_static_consumer(&exe);
+    let sources = [copy_source("packaging/consumer.c", &dir)];
+    let module = "tokio_bridge-static";
+    check_static_consumer(&build_with_pkg_config(
+        C11,
+        &dir,
+        &sources,
+        &["--static"],
+        module,
+    ));
 }
 
 #[test]
 fn cmake_project_finds_the_package_and_links_both_libraries() {
     let install = installed();
     let dir = fresh_dir("cmake");
-    copy_source("consumer.c", &dir);
-    copy_source("cmake/CMakeLists.txt", &dir);
+    copy_source("packaging/consumer.c", &dir);
+    copy_source("packaging/CMakeLists.txt", &dir);
     let incompatible = if major() == 0 {
         format!("0.{}", version_part(1) + 1)
     } else {
@@ -377,7 +388,7 @@ fn cmake_project_finds_the_package_and_links_both_libraries() {
     let build = dir.join("build");
     let configure = run(Command::new("cmake")
         .arg("-S")
-        .arg(dir.join("cmake"))
+        .arg(&dir)
         .arg("-B")
         .arg(&build)
         .arg(format!(
@@ -414,9 +425,9 @@ fn cpp_program_includes_the_header_and_links_every_function() {
               sizeof every_function / sizeof every_function[0];\n";
     let every_path = dir.join("every_function.cpp");
     std::fs::write(&every_path, every).unwrap();
-    let sources = [copy_source("consumer.cpp", &dir), every_path];
-    let flags = install.pkg_config(&["--cflags", "--libs"], "tokio_bridge");
-    let exe = compile("c++", "c++11", &dir, &sources, &flags);
+    let sources = [copy_source("packaging/consumer.cpp", &dir), every_path];
+    let cpp11 = ("c++", "c++11");
+    let exe = build_with_pkg_config(cpp11, &dir, &sources, &[], "tokio_bridge");
     assert_eq!(
         install.run_program(&exe),
         format!(
@@ -462,9 +473,9 @@ fn the_library_exports_only_the_symbols_of_abi_symbols_txt() {
 fn an_older_smaller_config_struct_takes_the_defaults_for_the_missing_fields() {
     let install = installed();
     let dir = fresh_dir("old-config");
-    let source = copy_source("old_config.c", &dir);
-    let flags = install.pkg_config(&["--cflags", "--libs"], "tokio_bridge");
-    let exe = compile("cc", "c11", &dir, &[source], &flags);
+    copy_source("c/check.h", &dir); // the C harness's CHECK macros
+    let sources = [copy_source("packaging/old_config.c", &dir)];
+    let exe = build_with_pkg_config(C11, &dir, &sources, &[], "tokio_bridge");
     let stdout = install.run_program(&exe);
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
@@ -476,7 +487,7 @@ fn an_older_smaller_config_struct_takes_the_defaults_for_the_missing_fields() {
 #[test]
 fn the_header_compiles_first_and_twice_in_every_standard_under_gcc_and_clang() {
     let dir = fresh_dir("header");
-    let source = copy_source("header_twice.c", &dir);
+    let source = copy_source("packaging/header_twice.c", &dir);
     let mut failures = Vec::new();
     for (compilers, language, standards) in [
         (["gcc", "clang"], "c", ["c99", "c11", "c17"].as_slice()),

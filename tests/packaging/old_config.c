@@ -5,13 +5,14 @@
    The old struct lies at the start of today's struct, whose later fields are set to tripwires:
    values the library would refuse (thread_stack_size) or that would show (blocking_keep_alive_ms,
    max_queued_blocking, thread_name) if it read past struct_size. Built by tests/packaging.rs
-   against the installed library; prints "N passed, 0 failed" when every check holds. */
+   against the installed library, with the C harness's tests/c/check.h. */
 #define _GNU_SOURCE
 #include <tokio_bridge.h>
 
+#include "check.h"
+
 #include <pthread.h>
 #include <stddef.h>
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -31,18 +32,6 @@ union config_memory {
     struct old_runtime_config old;
     tb_runtime_config now;
 };
-
-static int passed, failed;
-
-#define CHECK(cond, what)                                                 \
-    do {                                                                  \
-        if (cond) {                                                       \
-            passed++;                                                     \
-        } else {                                                          \
-            failed++;                                                     \
-            fprintf(stderr, "FAILED line %d: %s (%s)\n", __LINE__, what, #cond); \
-        }                                                                 \
-    } while (0)
 
 /* What one job saw: the name of its thread. */
 struct probe {
@@ -71,9 +60,9 @@ static int32_t job(void *arg, tb_job *j) {
     return 0;
 }
 
-/* Every job must run on the one blocking thread, named from the default prefix "tb". */
-static void check_thread(const struct probe *probe, const char *what) {
-    CHECK(strcmp(probe->thread, "tb-blocking-0") == 0, what);
+/* Every job must have run on the one blocking thread, named from the default prefix "tb". */
+static void check_thread(const struct probe *probe) {
+    CHECK(strcmp(probe->thread, "tb-blocking-0") == 0);
     if (strcmp(probe->thread, "tb-blocking-0") != 0) fprintf(stderr, "  it ran on %s\n", probe->thread);
 }
 
@@ -103,30 +92,25 @@ int main(void) {
     mem.old.worker_threads = 1;
     mem.old.max_blocking_threads = 1;
 
-    mem.old.struct_size = sizeof mem.now;
-    CHECK(tb_runtime_new(&mem.now, &rt) == TB_ERR_INVALID_ARG,
-          "the tripwires are refused when struct_size covers them");
-    mem.old.struct_size = sizeof mem.old - 1;
-    CHECK(tb_runtime_new(&mem.now, &rt) == TB_ERR_INVALID_ARG,
-          "a struct_size that is not the end of a field is refused");
+    mem.old.struct_size = sizeof mem.now; /* the tripwires are refused when read */
+    CHECK_STATUS(tb_runtime_new(&mem.now, &rt), TB_ERR_INVALID_ARG);
+    mem.old.struct_size = sizeof mem.old - 1; /* not the end of a field */
+    CHECK_STATUS(tb_runtime_new(&mem.now, &rt), TB_ERR_INVALID_ARG);
 
     mem.old.struct_size = sizeof mem.old;
-    if (tb_runtime_new((const tb_runtime_config *)&mem.old, &rt) != TB_OK) {
-        char detail[256];
-        tb_last_error(detail, sizeof detail);
-        fprintf(stderr, "FAILED: tb_runtime_new with the old struct: %s\n", detail);
-        return 1;
-    }
-    passed++;
+    CHECK_STATUS(tb_runtime_new((const tb_runtime_config *)&mem.old, &rt), TB_OK);
+    if (check_failed > 0) CHECK_DONE();
 
-    CHECK(run_jobs(rt, first, 3) == 3, "three jobs queue: max_queued_blocking took its default");
-    CHECK(peak == 1, "one job at a time: max_blocking_threads = 1 was read");
-    for (int i = 0; i < 3; i++) check_thread(&first[i], "thread_name took its default");
+    /* max_queued_blocking took its default: three jobs queue behind the one thread. */
+    CHECK(run_jobs(rt, first, 3) == 3);
+    /* max_blocking_threads = 1 was read: one job at a time. */
+    CHECK(peak == 1);
+    /* thread_name took its default. */
+    for (int i = 0; i < 3; i++) check_thread(&first[i]);
+    /* blocking_keep_alive_ms took its default: after 300 ms idle the same thread runs a job. */
     sleep_ms(300);
-    CHECK(run_jobs(rt, &later, 1) == 1, "a job after 300 ms idle is accepted");
-    check_thread(&later, "the idle thread stayed: blocking_keep_alive_ms took its default");
-    CHECK(tb_runtime_shutdown(rt, TB_FOREVER) == TB_OK, "shutdown");
-
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    CHECK(run_jobs(rt, &later, 1) == 1);
+    check_thread(&later);
+    CHECK_STATUS(tb_runtime_shutdown(rt, TB_FOREVER), TB_OK);
+    CHECK_DONE();
 }
