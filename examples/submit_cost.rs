@@ -57,8 +57,12 @@ fn main() {
     assert_eq!(tb_runtime_new(&cfg, &mut rt), TB_OK);
     let null = std::ptr::null_mut();
     for round in 0..3 {
-        let job = per_task(rounds, |t| tb_spawn_blocking(rt, Some(nothing), null, None, t));
-        let timer = per_task(rounds, |t| tb_timer_start(rt, 0, 0, Some(tick), null, None, t));
+        let job = per_task(rounds, |t| {
+            tb_spawn_blocking(rt, Some(nothing), null, None, t)
+        });
+        let timer = per_task(rounds, |t| {
+            tb_timer_start(rt, 0, 0, Some(tick), null, None, t)
+        });
         println!(
             "run {round}: blocking no-op job {job:.0} ns/task, one-shot timer {timer:.0} ns/task"
         );
