@@ -11,6 +11,11 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=TB_UPDATE_HEADER");
+    // Threads of a runtime may still run when a program dlclose()s the library: keep it mapped
+    // for the life of the process rather than unmap code that threads are executing.
+    if env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux" || os == "android") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    }
     // The C harness compiles C programs with the `cc` crate, which needs the target triple.
     println!("cargo:rustc-env=TB_TARGET={}", env::var("TARGET").unwrap());
 

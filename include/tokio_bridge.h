@@ -525,7 +525,8 @@ typedef int32_t (*tb_timer_fn)(void *arg, uint64_t tick);
 #define TB_ERR_OS -11
 
 /**
- * The call was made in a child process after `fork()`; the library cannot be used there.
+ * The call was made in a child process forked after a runtime started: the runtime's threads
+ * do not exist there, so every call is refused (exec a new program, or use the parent).
  */
 #define TB_ERR_FORKED -12
 

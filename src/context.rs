@@ -1,4 +1,8 @@
-//! What the current thread is doing for the library, kept in thread-locals.
+//! What the current thread (and process) is doing for the library.
+//!
+//! A process that forks after starting a runtime has a child without the runtime's threads:
+//! every call there would wait for threads that do not exist. A `pthread_atfork` handler marks
+//! the child, and every exported function refuses to work in it ([`forked`]).
 //!
 //! Three facts decide whether a call may block or must be refused:
 //! - which runtime owns this thread (set when a runtime starts the thread), so that a runtime
@@ -9,6 +13,29 @@
 //!   itself is refused instead of deadlocking.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_child_after_fork() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// Makes a child forked from now on refuse every call. Called before the first thread starts.
+pub(crate) fn watch_for_fork() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic. Failure (ENOMEM) would
+        // leave children unprotected; nothing else depends on it.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
+    });
+}
+
+/// True in a child process forked after a runtime started.
+pub(crate) fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
 
 thread_local! {
     static RUNTIME_SERIAL: Cell<u64> = const { Cell::new(0) };

@@ -43,7 +43,8 @@ pub const TB_ERR_BUSY: tb_status = -9;
 pub const TB_ERR_ALREADY: tb_status = -10;
 /// The operating system refused a resource (a thread, a file descriptor, memory).
 pub const TB_ERR_OS: tb_status = -11;
-/// The call was made in a child process after `fork()`; the library cannot be used there.
+/// The call was made in a child process forked after a runtime started: the runtime's threads
+/// do not exist there, so every call is refused (exec a new program, or use the parent).
 pub const TB_ERR_FORKED: tb_status = -12;
 
 /// Every status with its name and one-sentence message, in one place.
@@ -113,7 +114,7 @@ const STATUSES: &[(tb_status, &CStr, &CStr)] = &[
     (
         TB_ERR_FORKED,
         c"TB_ERR_FORKED",
-        c"The library cannot be used in a child process after fork().",
+        c"The library cannot be used in a child forked after a runtime started.",
     ),
 ];
 
@@ -223,9 +224,10 @@ fn last_error_text() -> Option<String> {
 /// Unknown values give `"TB_UNKNOWN"`. The string is static: never free it. Any thread.
 #[no_mangle]
 pub extern "C" fn tb_status_name(status: tb_status) -> *const c_char {
-    lookup(status)
-        .map(|(_, name, _)| name.as_ptr())
-        .unwrap_or(c"TB_UNKNOWN".as_ptr())
+    let unknown = c"TB_UNKNOWN".as_ptr();
+    crate::panic::boundary_value("tb_status_name", unknown, || {
+        lookup(status).map_or(unknown, |(_, name, _)| name.as_ptr())
+    })
 }
 
 /// Returns a one-sentence description of a status code.
@@ -233,9 +235,10 @@ pub extern "C" fn tb_status_name(status: tb_status) -> *const c_char {
 /// Unknown values give a sentence saying so. The string is static: never free it. Any thread.
 #[no_mangle]
 pub extern "C" fn tb_status_message(status: tb_status) -> *const c_char {
-    lookup(status)
-        .map(|(_, _, message)| message.as_ptr())
-        .unwrap_or(c"Unknown status code.".as_ptr())
+    let unknown = c"Unknown status code.".as_ptr();
+    crate::panic::boundary_value("tb_status_message", unknown, || {
+        lookup(status).map_or(unknown, |(_, _, message)| message.as_ptr())
+    })
 }
 
 /// Copies the calling thread's last failure, in detail, into `buf`.

@@ -2,13 +2,15 @@
 //!
 //! A Rust panic must never unwind into C. [`boundary`] runs the body of an exported function,
 //! turns a returned [`Error`] into its status code plus this thread's last error, and a caught
-//! panic into `TB_ERR_PANIC`. What a function returns on failure depends on its return type
+//! panic into `TB_ERR_PANIC`. In a child forked after a runtime started, it refuses every call
+//! with `TB_ERR_FORKED`. What a function returns on failure depends on its return type
 //! ([`FfiReturn`]), as in rustls-ffi: the status itself, `false`, `0` or nothing.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{record, tb_status, Error, TB_ERR_PANIC};
+use crate::context;
+use crate::error::{record, tb_status, Error, TB_ERR_FORKED, TB_ERR_PANIC};
 
 /// What an exported function returns when its body fails.
 pub(crate) trait FfiReturn {
@@ -42,6 +44,14 @@ pub(crate) fn boundary<R: FfiReturn>(
     function: &'static str,
     body: impl FnOnce() -> Result<R, Error>,
 ) -> R {
+    if context::forked() {
+        let error = Error::new(
+            TB_ERR_FORKED,
+            "this process was forked after a runtime started: the library's threads do not \
+             exist here (use it in the parent, or exec a new program)",
+        );
+        return R::from_failure(record(function, error));
+    }
     let error = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => return value,
         Ok(Err(error)) => error,
@@ -65,14 +75,21 @@ pub(crate) fn boundary_value<R>(
     }
 }
 
-/// Describes a caught panic payload.
-pub(crate) fn panic_error(payload: &(dyn Any + Send)) -> Error {
-    let message = payload
+/// The text of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-text payload".to_string());
-    Error::text(TB_ERR_PANIC, format!("internal panic caught: {message}"))
+        .unwrap_or_else(|| "a panic with a non-text payload".to_string())
+}
+
+/// Describes a caught panic payload.
+pub(crate) fn panic_error(payload: &(dyn Any + Send)) -> Error {
+    Error::text(
+        TB_ERR_PANIC,
+        format!("internal panic caught: {}", panic_message(payload)),
+    )
 }
 
 #[cfg(test)]

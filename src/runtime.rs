@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, CStr};
 use std::mem::{offset_of, size_of};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use crate::error::{
 use crate::handle::{HandleTable, TAG_RUNTIME};
 use crate::job;
 use crate::metrics::Counters;
-use crate::panic::boundary;
+use crate::panic::{boundary, panic_message};
 use crate::pool::Pool;
 use crate::probe::Probe;
 use crate::stall::Watchdog;
@@ -223,6 +224,7 @@ enum Driver {
     CurrentThread {
         stop: tokio::sync::oneshot::Sender<Option<Duration>>,
         stopped: mpsc::Receiver<()>,
+        thread: std::thread::JoinHandle<()>,
     },
 }
 
@@ -313,7 +315,7 @@ impl Started {
     }
 }
 
-const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn os_error(what: &str, error: std::io::Error) -> Error {
     Error::text(TB_ERR_OS, format!("{what}: {error}"))
@@ -321,6 +323,7 @@ fn os_error(what: &str, error: std::io::Error) -> Error {
 
 impl Runtime {
     fn start(config: Config, is_default: bool) -> Result<Runtime, Error> {
+        context::watch_for_fork();
         let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
         let mut builder = if config.current_thread {
             tokio::runtime::Builder::new_current_thread()
@@ -365,10 +368,25 @@ impl Runtime {
         if config.stack_size > 0 {
             builder.thread_stack_size(config.stack_size);
         }
-        let runtime = builder.build().map_err(|e| {
-            stop_watchdog();
-            os_error("could not start the runtime", e)
-        })?;
+        // Tokio panics when the OS refuses its first worker thread: that is TB_ERR_OS too.
+        let built = catch_unwind(AssertUnwindSafe(|| builder.build()));
+        let runtime = match built {
+            Ok(Ok(runtime)) => runtime,
+            Ok(Err(e)) => {
+                stop_watchdog();
+                return Err(os_error("could not start the runtime", e));
+            }
+            Err(panic) => {
+                stop_watchdog();
+                return Err(Error::text(
+                    TB_ERR_OS,
+                    format!(
+                        "could not start the runtime's threads: {}",
+                        panic_message(panic.as_ref())
+                    ),
+                ));
+            }
+        };
         let handle = runtime.handle().clone();
         let driver = if config.current_thread {
             Self::drive_on_own_thread(runtime, &config, serial).inspect_err(|_| stop_watchdog())?
@@ -412,7 +430,7 @@ impl Runtime {
         if config.stack_size > 0 {
             thread = thread.stack_size(config.stack_size);
         }
-        thread
+        let thread = thread
             .spawn(move || {
                 context::set_runtime_serial(serial);
                 let grace =
@@ -424,7 +442,11 @@ impl Runtime {
                 let _ = stopped_tx.send(());
             })
             .map_err(|e| os_error("could not start the runtime's worker thread", e))?;
-        Ok(Driver::CurrentThread { stop, stopped })
+        Ok(Driver::CurrentThread {
+            stop,
+            stopped,
+            thread,
+        })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -451,12 +473,21 @@ impl Runtime {
                 Some(grace) => runtime.shutdown_timeout(grace),
                 None => drop(runtime),
             },
-            Some(Driver::CurrentThread { stop, stopped }) => {
-                // A driver that cannot be told has already stopped: nothing to wait for.
-                match (stop.send(left()).is_ok(), left()) {
-                    (false, _) => {}
-                    (true, Some(grace)) => drop(stopped.recv_timeout(grace)),
-                    (true, None) => drop(stopped.recv()),
+            Some(Driver::CurrentThread {
+                stop,
+                stopped,
+                thread,
+            }) => {
+                // A driver that cannot be told has already stopped: nothing to wait for. One
+                // that says it stopped in time is joined, so that no thread outlives TB_OK.
+                let told = stop.send(left()).is_ok();
+                let ended = match (told, left()) {
+                    (false, _) => true,
+                    (true, Some(grace)) => stopped.recv_timeout(grace).is_ok(),
+                    (true, None) => stopped.recv().is_ok(),
+                };
+                if ended {
+                    let _ = thread.join();
                 }
             }
             None => {}

@@ -23,7 +23,7 @@ const PATCH: u32 = parse(env!("CARGO_PKG_VERSION_PATCH"));
 /// thread.
 #[no_mangle]
 pub extern "C" fn tb_version() -> u32 {
-    (MAJOR << 16) | (MINOR << 8) | PATCH
+    crate::panic::boundary_value("tb_version", 0, || (MAJOR << 16) | (MINOR << 8) | PATCH)
 }
 
 /// Returns the version of the loaded library as text, such as `"0.1.0"`.
@@ -31,5 +31,6 @@ pub extern "C" fn tb_version() -> u32 {
 /// The string is static: never free it. Any thread.
 #[no_mangle]
 pub extern "C" fn tb_version_string() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    let version = concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast();
+    crate::panic::boundary_value("tb_version_string", version, || version)
 }

@@ -58,6 +58,11 @@ fn run_checked(mut command: Command, what: &str) -> (String, String) {
 
 /// Compiles C sources into an executable linked to the library.
 fn build(name: &str, sources: &[PathBuf]) -> PathBuf {
+    build_with(name, sources, &["-l:libtokio_bridge.so"])
+}
+
+/// Compiles C sources into an executable with these libraries.
+fn build_with(name: &str, sources: &[PathBuf], libs: &[&str]) -> PathBuf {
     let exe = out_dir().join(name);
     let lib = lib_dir();
     let mut cc = compiler(false);
@@ -72,7 +77,7 @@ fn build(name: &str, sources: &[PathBuf]) -> PathBuf {
         .arg(&exe)
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-l:libtokio_bridge.so")
+        .args(libs)
         .arg("-lpthread")
         .arg("-lm");
     run_checked(cc, &format!("compiling {name}"));
@@ -218,4 +223,22 @@ fn c_stall_reports_probe_and_metrics() {
         logged[1].contains("tb-worker-0") && logged[1].ends_with("ended"),
         "{stderr}"
     );
+}
+
+#[test]
+fn c_thread_exhaustion_and_fork() {
+    c_test("test_lifecycle");
+}
+
+#[test]
+fn c_dlclose_with_threads_running() {
+    let exe = build_with(
+        "test_dlopen",
+        &[root().join("tests/c/test_dlopen.c")],
+        &["-ldl"],
+    );
+    let library = lib_dir().join("libtokio_bridge.so");
+    let (stdout, _) = run(&exe, &[("TB_LIB_PATH", library.to_str().unwrap())]);
+    print!("{stdout}");
+    assert!(stdout.ends_with(" passed, 0 failed\n"), "{stdout}");
 }

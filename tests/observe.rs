@@ -59,15 +59,6 @@ fn watched(cfg: &tb_runtime_config) -> (tb_runtime, &'static Mutex<Vec<Report>>)
     (rt, list)
 }
 
-fn metrics(rt: tb_runtime) -> tb_metrics {
-    let mut m = tb_metrics {
-        struct_size: std::mem::size_of::<tb_metrics>() as u32,
-        ..Default::default()
-    };
-    assert_eq!(tb_runtime_metrics(rt, &mut m), TB_OK, "{}", last_error());
-    m
-}
-
 fn probe_stats(rt: tb_runtime) -> tb_probe_stats {
     let mut s = tb_probe_stats {
         struct_size: std::mem::size_of::<tb_probe_stats>() as u32,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_bridge::completion::*;
 use tokio_bridge::error::*;
 use tokio_bridge::job::*;
+use tokio_bridge::metrics::*;
 use tokio_bridge::runtime::*;
 
 /// What a test's callbacks saw. Leaked, so callbacks may outlive the test body safely.
@@ -153,4 +154,18 @@ pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
         assert!(Instant::now() < end, "timed out waiting until {what}");
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// A `tb_metrics` ready to be filled: `struct_size` set.
+pub fn new_metrics() -> tb_metrics {
+    tb_metrics {
+        struct_size: std::mem::size_of::<tb_metrics>() as u32,
+        ..Default::default()
+    }
+}
+
+pub fn metrics(rt: tb_runtime) -> tb_metrics {
+    let mut m = new_metrics();
+    assert_eq!(tb_runtime_metrics(rt, &mut m), TB_OK, "{}", last_error());
+    m
 }
