@@ -12,7 +12,8 @@ use crate::error::{
 use crate::job;
 use crate::panic::boundary;
 use crate::runtime::deadline_after;
-use crate::task::{Callback, Cancelled, Task, Watcher, Work, TASKS};
+use crate::state::{Callback, Cancelled, Watcher};
+use crate::task::{Task, Work, TASKS};
 
 /// A task handle: a generation-checked id, never a pointer. The id 0 is never valid.
 ///

@@ -94,7 +94,7 @@ impl<T> HandleTable<T> {
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<T>> {
-        lock(&self.shards[shard])
+        lock!(self.shards[shard])
     }
 
     /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):

@@ -15,7 +15,8 @@ use crate::error::{
 use crate::panic::boundary;
 use crate::pool::Pool;
 use crate::runtime::tb_runtime;
-use crate::task::{micros_between, Submission, Task, Work, QUEUED};
+use crate::state::QUEUED;
+use crate::task::{micros_between, Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// The job a blocking callback is running, as seen from inside the callback.

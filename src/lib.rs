@@ -10,9 +10,9 @@
 //! and counters), [`stall`] (the stall detector), [`probe`] (the lateness probe), [`error`]
 //! (status codes and the last error) and [`version`]. Plumbing: [`panic`]
 //! (the boundary around every exported function), [`handle`] (generation-checked handle
-//! tables), [`task`] (the completion state machine), [`pool`] (the blocking-job queue),
-//! [`userdata`] (C data with its destructor), [`context`] (what the current thread does) and
-//! [`sync`] (locking helpers).
+//! tables), [`state`] (the completion state machine), [`task`] (tasks and their handles),
+//! [`pool`] (the blocking-job queue), [`userdata`] (C data with its destructor), [`context`]
+//! (what the current thread does) and [`sync`] (locking helpers).
 
 #![allow(non_camel_case_types)]
 // The exported functions are C entry points: they check every pointer for NULL and otherwise
@@ -36,6 +36,7 @@ mod context;
 mod handle;
 mod panic;
 mod pool;
+mod state;
 mod sync;
 mod task;
 mod userdata;

@@ -78,7 +78,7 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        lock!(self.state)
     }
 
     /// True once the runtime started shutting down.
@@ -238,7 +238,7 @@ impl Pool {
     pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
         while state.running > 0 {
-            let (guard, expired) = wait_until(&self.idle, state, deadline);
+            let (guard, expired) = wait_until!(self.idle, state, deadline);
             state = guard;
             if expired {
                 return false;

@@ -95,7 +95,7 @@ async fn tick(period: Duration, samples: Arc<Mutex<Samples>>) {
     loop {
         tokio::time::sleep_until(due).await;
         let now = tokio::time::Instant::now();
-        lock(&samples).record((now - due).as_micros() as u64);
+        lock!(samples).record((now - due).as_micros() as u64);
         // Due times stay on the grid; ticks missed while the workers were busy are skipped.
         while due <= now {
             due += period;
@@ -119,7 +119,7 @@ pub extern "C" fn tb_runtime_probe_start(rt: tb_runtime, period_ms: u32) -> tb_s
             )));
         }
         let runtime = runtime::lookup(rt)?;
-        let mut probe = lock(&runtime.probe);
+        let mut probe = lock!(runtime.probe);
         if probe.running.is_some() {
             return Err(Error::new(TB_ERR_ALREADY, "the probe is already running"));
         }
@@ -142,7 +142,7 @@ pub extern "C" fn tb_runtime_probe_start(rt: tb_runtime, period_ms: u32) -> tb_s
 pub extern "C" fn tb_runtime_probe_stop(rt: tb_runtime) -> tb_status {
     boundary("tb_runtime_probe_stop", || {
         let runtime = runtime::lookup(rt)?;
-        let running = lock(&runtime.probe).running.take();
+        let running = lock!(runtime.probe).running.take();
         running
             .ok_or_else(|| Error::new(TB_ERR_ALREADY, "the probe is not running"))?
             .abort();
@@ -161,10 +161,10 @@ pub extern "C" fn tb_runtime_probe_stats(rt: tb_runtime, out: *mut tb_probe_stat
         let size = versioned_size::<tb_probe_stats>(out.cast(), "tb_probe_stats")?;
         let runtime = runtime::lookup(rt)?;
         let (period_ms, samples) = {
-            let probe = lock(&runtime.probe);
+            let probe = lock!(runtime.probe);
             (probe.period_ms, Arc::clone(&probe.samples))
         };
-        let mut stats = lock(&samples).stats(period_ms);
+        let mut stats = lock!(samples).stats(period_ms);
         stats.struct_size = size as u32;
         // SAFETY: `out` is non-NULL and has `size <= sizeof(tb_probe_stats)` bytes.
         unsafe { write_versioned(&stats, out.cast(), size) };

@@ -167,7 +167,7 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        lock!(self.state)
     }
 
     /// Pushes a finished task's tag; raises the fd if the queue was empty.
@@ -216,7 +216,7 @@ impl Queue {
                     "the queue was freed while this call waited on it",
                 ));
             }
-            let (guard, expired) = wait_until(&self.nonempty, state, deadline);
+            let (guard, expired) = wait_until!(self.nonempty, state, deadline);
             state = guard;
             if expired {
                 return Ok(false);

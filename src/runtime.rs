@@ -294,13 +294,13 @@ impl Started {
             if let Some(watchdog) = &self.watchdog {
                 watchdog.register_current_thread();
             }
-            *lock(&self.workers) += 1;
+            *lock!(self.workers) += 1;
             self.cv.notify_all();
         }
     }
 
     fn wait_for(&self, workers: usize) -> Result<(), Error> {
-        let started = lock(&self.workers);
+        let started = lock!(self.workers);
         let (started, waited) = self
             .cv
             .wait_timeout_while(started, WORKER_START_TIMEOUT, |n| *n < workers)
@@ -467,7 +467,7 @@ impl Runtime {
     /// until `deadline`. True if everything ended.
     fn finish(&self, deadline: Option<Instant>) -> bool {
         let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let driver = lock(&self.driver).take();
+        let driver = lock!(self.driver).take();
         match driver {
             Some(Driver::MultiThread(runtime)) => match left() {
                 Some(grace) => runtime.shutdown_timeout(grace),
@@ -500,7 +500,7 @@ impl Runtime {
 
     /// Stops without waiting for anything: for calls from threads that must not block.
     fn finish_in_background(&self) {
-        Self::stop_in_background(lock(&self.driver).take());
+        Self::stop_in_background(lock!(self.driver).take());
         if let Some(watchdog) = &self.watchdog {
             watchdog.stop(false);
         }
@@ -582,7 +582,7 @@ pub extern "C" fn tb_runtime_default(out: *mut tb_runtime) -> tb_status {
         if out.is_null() {
             return Err(Error::null("out"));
         }
-        let mut default = lock(&DEFAULT);
+        let mut default = lock!(DEFAULT);
         let id = match *default {
             Some(id) => id,
             None => {

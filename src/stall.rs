@@ -206,20 +206,20 @@ impl Watchdog {
             thread_name,
             shared: Arc::clone(&self.shared),
         });
-        lock(&self.shared.slots).push(Arc::clone(&slot));
+        lock!(self.shared.slots).push(Arc::clone(&slot));
         let _ = SLOT.try_with(|s| *s.borrow_mut() = Some(slot));
     }
 
     pub(crate) fn set_hook(&self, hook: Option<Hook>) {
-        *lock(&self.shared.hook) = hook;
+        *lock!(self.shared.hook) = hook;
     }
 
     /// Stops the watchdog; with `join`, waits until its thread (and any hook call) has ended.
     pub(crate) fn stop(&self, join: bool) {
-        *lock(&self.shared.stopped) = true;
+        *lock!(self.shared.stopped) = true;
         self.shared.wake.notify_all();
-        lock(&self.shared.slots).clear();
-        if let Some(thread) = lock(&self.thread).take() {
+        lock!(self.shared.slots).clear();
+        if let Some(thread) = lock!(self.thread).take() {
             if join {
                 let _ = thread.join();
             }
@@ -234,7 +234,7 @@ impl Shared {
         let mut reported: HashMap<usize, u64> = HashMap::new();
         loop {
             let stopped = {
-                let stopped = lock(&self.stopped);
+                let stopped = lock!(self.stopped);
                 let (stopped, _) = self
                     .wake
                     .wait_timeout_while(stopped, interval, |s| !*s)
@@ -250,7 +250,7 @@ impl Shared {
     }
 
     fn scan_running(&self, reported: &mut HashMap<usize, u64>) {
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).clone();
+        let slots: Vec<Arc<Slot>> = lock!(self.slots).clone();
         let now = now_ns();
         for slot in slots {
             let started = slot.started_ns.load(Ordering::Acquire);
@@ -277,7 +277,7 @@ impl Shared {
     }
 
     fn report_ended(&self, reported: &mut HashMap<usize, u64>) {
-        let ended = std::mem::take(&mut *lock(&self.ended));
+        let ended = std::mem::take(&mut *lock!(self.ended));
         for seen in ended {
             if reported.get(&seen.slot) == Some(&seen.seq) {
                 reported.remove(&seen.slot);
@@ -306,7 +306,7 @@ impl Shared {
         if self.log {
             eprintln!("{}", describe(&stall));
         }
-        let hook = lock(&self.hook).as_ref().map(|h| (h.func, h.arg));
+        let hook = lock!(self.hook).as_ref().map(|h| (h.func, h.arg));
         if let Some((func, arg)) = hook {
             // SAFETY: the caller's hook and argument, as documented; `stall` outlives the call.
             unsafe { func(arg, &stall) };
@@ -365,7 +365,7 @@ pub(crate) fn timed<R>(kind: u32, callback: usize, arg: *mut c_void, f: impl FnO
             let duration_ns = now_ns().saturating_sub(started);
             if duration_ns >= slot.shared.threshold_ns {
                 let seen = slot.seen(seq, duration_ns);
-                lock(&slot.shared.ended).push(seen);
+                lock!(slot.shared.ended).push(seen);
             }
         }
     }

@@ -1,35 +1,41 @@
 //! Locking helpers shared by the plumbing.
 //!
 //! Every critical section in the library leaves its data consistent before anything in it can
-//! panic, so a poisoned mutex carries no information: [`lock`] takes it anyway rather than
-//! turning one caught panic into a failure of every later call.
+//! panic, so a poisoned mutex carries no information: [`lock!`](lock) takes it anyway rather
+//! than turning one caught panic into a failure of every later call.
+//!
+//! They are macros so that the same code serves std's mutexes and condition variables and, in
+//! the model checks of the completion state machine (`--cfg tb_loom`), loom's.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
-
-/// Locks `mutex`, ignoring poisoning.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits once on `cv` until notified (or spuriously woken) or until `deadline` (None: no
-/// limit). Returns the guard and whether the deadline had already passed, in which case it did
-/// not wait: the caller's loop ends there.
-pub(crate) fn wait_until<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    deadline: Option<Instant>,
-) -> (MutexGuard<'a, T>, bool) {
-    let Some(deadline) = deadline else {
-        return (cv.wait(guard).unwrap_or_else(|p| p.into_inner()), false);
+/// Locks a mutex, ignoring poisoning.
+macro_rules! lock {
+    ($mutex:expr) => {
+        $mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
-    match deadline.checked_duration_since(Instant::now()) {
-        Some(left) if !left.is_zero() => {
-            let (guard, _) = cv
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner());
-            (guard, false)
-        }
-        _ => (guard, true),
-    }
 }
+
+/// Waits once on a condition variable with its mutex guard, until notified (or spuriously
+/// woken) or until a deadline (`Option<Instant>`, None: no limit). Evaluates to the guard and
+/// whether the deadline had already passed, in which case it did not wait: the caller's loop
+/// ends there.
+macro_rules! wait_until {
+    ($cv:expr, $guard:expr, $deadline:expr) => {{
+        let guard = $guard;
+        match $deadline {
+            None => ($cv.wait(guard).unwrap_or_else(|p| p.into_inner()), false),
+            Some(deadline) => match deadline.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => {
+                    let (guard, _) = $cv
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|p| p.into_inner());
+                    (guard, false)
+                }
+                _ => (guard, true),
+            },
+        }
+    }};
+}
+
+pub(crate) use {lock, wait_until};

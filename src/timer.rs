@@ -17,7 +17,8 @@ use crate::metrics::Counters;
 use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
-use crate::task::{micros_between, Submission, Task, Work, RUNNING};
+use crate::state::RUNNING;
+use crate::task::{micros_between, Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// A timer callback: runs on an async worker thread at each tick.
