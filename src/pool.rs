@@ -9,17 +9,22 @@
 //! - bound the queue (`max_queued_blocking`) and count queued and running jobs exactly;
 //! - avoid a thread burst: a new drainer is started only when no drainer is idle and none is
 //!   already starting, so threads grow one at a time, each as soon as the previous one runs,
-//!   and never beyond `max_blocking_threads`.
+//!   and never beyond `max_blocking_threads`; past one drainer per CPU, only while no job has
+//!   ended for a while, that is while the drainers are blocked rather than busy with quick jobs
+//!   (more threads than CPUs cannot run quick jobs faster);
+//! - keep a drainer that runs out of work spinning for a few microseconds before it sleeps, so
+//!   that a job submitted right after the last one starts without waking a sleeping thread
+//!   (a futex wake-up on another CPU costs about 20 us).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
-use crate::sync::{lock, wait_until};
+use crate::sync::{lock, now_ns, wait_until};
 use crate::task::Task;
 
 #[derive(Default)]
@@ -30,10 +35,19 @@ struct State {
     running: usize,
     drainers: usize,
     starting: usize,
+    /// Drainers waiting on `work`, and how many of them were told to wake.
     idle: usize,
     wakeups: usize,
+    /// Drainers spinning before they sleep, and how many of them were handed a job.
+    spinning: usize,
+    spin_claims: usize,
     closed: bool,
 }
+
+/// How long a drainer without work spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// Past one drainer per CPU, the pool grows only when no job has ended for this long.
+const STUCK_NS: u64 = 100_000;
 
 /// The pool's gauges at one moment.
 pub(crate) struct Snapshot {
@@ -47,6 +61,11 @@ pub(crate) struct Snapshot {
 pub(crate) struct Pool {
     handle: tokio::runtime::Handle,
     pub(crate) counters: Arc<Counters>,
+    cpus: usize,
+    /// Jobs in the queue, for spinning drainers to watch without the lock.
+    pending: AtomicUsize,
+    /// When a job last ended ([`now_ns`]).
+    last_end_ns: AtomicU64,
     max_threads: usize,
     max_queued: usize,
     keep_alive: Duration,
@@ -67,6 +86,9 @@ impl Pool {
         Pool {
             handle,
             counters,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pending: AtomicUsize::new(0),
+            last_end_ns: AtomicU64::new(0),
             max_threads,
             max_queued,
             keep_alive,
@@ -103,7 +125,12 @@ impl Pool {
         }
         state.queue.push_back(Arc::clone(&task));
         state.queued += 1;
+        self.pending.store(state.queue.len(), Ordering::Release);
         self.counters.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+        if state.spinning > state.spin_claims {
+            state.spin_claims += 1;
+            return Ok(());
+        }
         if state.idle > 0 {
             state.idle -= 1;
             state.wakeups += 1;
@@ -144,6 +171,10 @@ impl Pool {
         if state.closed || state.starting > 0 || state.drainers >= self.max_threads {
             return false;
         }
+        let ended_ago = now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed));
+        if state.drainers >= self.cpus && ended_ago < STUCK_NS {
+            return false; // the drainers are busy with quick jobs, not blocked
+        }
         state.drainers += 1;
         state.starting += 1;
         true
@@ -174,6 +205,7 @@ impl Pool {
         }
         loop {
             if let Some(task) = state.queue.pop_front() {
+                self.pending.store(state.queue.len(), Ordering::Release);
                 if !task.start() {
                     continue; // cancelled while queued; whoever cancelled it ended it
                 }
@@ -181,6 +213,7 @@ impl Pool {
                 state.running += 1;
                 drop(state);
                 crate::job::run(&task);
+                self.last_end_ns.store(now_ns(), Ordering::Relaxed);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
@@ -191,6 +224,10 @@ impl Pool {
             }
             if state.closed {
                 break;
+            }
+            state = self.spin(state);
+            if !state.queue.is_empty() || state.closed {
+                continue;
             }
             state.idle += 1;
             let (guard, waited) = self
@@ -210,6 +247,27 @@ impl Pool {
         state.drainers -= 1;
     }
 
+    /// Spins unlocked for a moment, watching for work, then takes the lock back.
+    fn spin<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.spinning += 1;
+        drop(state);
+        let until = Instant::now() + SPIN;
+        'spin: while self.pending.load(Ordering::Acquire) == 0 {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                break 'spin;
+            }
+        }
+        let mut state = self.lock();
+        if state.spin_claims > 0 {
+            state.spin_claims -= 1;
+        }
+        state.spinning -= 1;
+        state
+    }
+
     /// Refuses new jobs and takes every queued one out (the caller ends them). Idle drainers
     /// exit; running jobs go on.
     pub(crate) fn close(&self) -> Vec<Arc<Task>> {
@@ -217,6 +275,7 @@ impl Pool {
         state.closed = true;
         self.closed.store(true, Ordering::Release);
         state.queued = 0;
+        self.pending.store(0, Ordering::Release);
         let queued = std::mem::take(&mut state.queue);
         drop(state);
         self.work.notify_all();

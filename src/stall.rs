@@ -2,25 +2,26 @@
 //!
 //! Each async worker has a [`Slot`] that it fills with plain atomic stores when it enters a C
 //! callback (which function, which `arg`, since when) and clears when the callback returns: no
-//! lock on that path. A watchdog thread per runtime scans the slots every half threshold and
-//! reports a callback that has run past the threshold while it still runs; the worker itself
+//! lock on that path. A watchdog thread per runtime scans the slots every half threshold (and
+//! sleeps, costing nothing, while no callback runs) and reports a callback that has run past
+//! the threshold while it still runs; the worker itself
 //! hands over, on a rare path that may lock, the report of a stalled callback that ended.
 //! Reports go to the hook set with `tb_runtime_on_stall`, and to stderr with `TB_STALL_LOG=1`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_INVALID_ARG, TB_ERR_OS, TB_OK};
 use crate::metrics::Counters;
 use crate::panic::boundary;
 use crate::runtime::{self, tb_runtime};
-use crate::sync::lock;
+use crate::sync::{lock, now_ns};
 
 /// `tb_stall.kind`: a timer callback (`tb_timer_start`).
 pub const TB_STALL_TIMER: u32 = 0;
@@ -63,12 +64,6 @@ pub struct tb_stall {
 /// take its time without stalling anything, but delays the reports after it.
 #[allow(non_camel_case_types)]
 pub type tb_stall_fn = Option<unsafe extern "C" fn(arg: *mut c_void, stall: *const tb_stall)>;
-
-/// Nanoseconds on a monotonic clock, never 0 (0 marks an idle slot).
-fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
-}
 
 /// What one worker is running now, written only by that worker.
 struct Slot {
@@ -129,6 +124,8 @@ struct Shared {
     hook: Mutex<Option<Hook>>,
     stopped: Mutex<bool>,
     wake: Condvar,
+    /// The watchdog sleeps until a callback starts.
+    asleep: AtomicBool,
 }
 
 /// The stall detector of one runtime.
@@ -164,6 +161,7 @@ impl Watchdog {
             hook: Mutex::new(None),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
+            asleep: AtomicBool::new(false),
         });
         let watched = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -228,24 +226,52 @@ impl Watchdog {
 }
 
 impl Shared {
+    /// Scans every half threshold while callbacks run; while none runs, sleeps until the next
+    /// one starts (it wakes the watchdog), so that an idle runtime costs no CPU.
     fn watch(&self) {
         let interval = Duration::from_nanos((self.threshold_ns / 2).max(1_000_000));
         // For each slot, the seq of the callback already reported as running.
         let mut reported: HashMap<usize, u64> = HashMap::new();
         loop {
-            let stopped = {
-                let stopped = lock!(self.stopped);
-                let (stopped, _) = self
-                    .wake
-                    .wait_timeout_while(stopped, interval, |s| !*s)
-                    .unwrap_or_else(|p| p.into_inner());
-                *stopped
-            };
             self.scan_running(&mut reported);
             self.report_ended(&mut reported);
-            if stopped {
+            let mut stopped = lock!(self.stopped);
+            if *stopped {
                 return;
             }
+            if self.any_running() {
+                stopped = self
+                    .wake
+                    .wait_timeout(stopped, interval)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            } else {
+                // A callback starting after this store sees it and wakes us; one that started
+                // before it is seen by the check right after.
+                self.asleep.store(true, Ordering::SeqCst);
+                if self.any_running() {
+                    self.asleep.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                while self.asleep.load(Ordering::SeqCst) && !*stopped {
+                    stopped = self.wake.wait(stopped).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            drop(stopped);
+        }
+    }
+
+    fn any_running(&self) -> bool {
+        lock!(self.slots)
+            .iter()
+            .any(|slot| slot.started_ns.load(Ordering::SeqCst) != 0)
+    }
+
+    /// Called by a worker entering a callback: ends the watchdog's idle sleep, if it sleeps.
+    fn wake_up(&self) {
+        if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
+            let _stopped = lock!(self.stopped);
+            self.wake.notify_all();
         }
     }
 
@@ -378,7 +404,8 @@ pub(crate) fn timed<R>(kind: u32, callback: usize, arg: *mut c_void, f: impl FnO
             slot.callback.store(callback, Ordering::Relaxed);
             slot.arg.store(arg as usize, Ordering::Relaxed);
             slot.kind.store(kind, Ordering::Relaxed);
-            slot.started_ns.store(now_ns(), Ordering::Release);
+            slot.started_ns.store(now_ns(), Ordering::SeqCst);
+            slot.shared.wake_up();
             let _leave = Leave(slot);
             f()
         }

@@ -7,6 +7,9 @@
 //! They are macros so that the same code serves std's mutexes and condition variables and, in
 //! the model checks of the completion state machine (`--cfg tb_loom`), loom's.
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
 /// Locks a mutex, ignoring poisoning.
 macro_rules! lock {
     ($mutex:expr) => {
@@ -39,3 +42,10 @@ macro_rules! wait_until {
 }
 
 pub(crate) use {lock, wait_until};
+
+/// Nanoseconds on a monotonic clock since the library's first use, never 0: a time that fits
+/// an atomic.
+pub(crate) fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
