@@ -5,7 +5,6 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
@@ -16,7 +15,8 @@ use crate::panic::boundary;
 use crate::pool::Pool;
 use crate::runtime::tb_runtime;
 use crate::state::QUEUED;
-use crate::task::{micros_between, Submission, Task, Work};
+use crate::sync::{micros_between, now_ns};
+use crate::task::{Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// The job a blocking callback is running, as seen from inside the callback.
@@ -72,9 +72,10 @@ fn blocking(task: &Task) -> &Blocking {
     }
 }
 
-/// Runs a started job on this (blocking) thread and completes its task.
-pub(crate) fn run(task: &Arc<Task>) {
-    let started = Instant::now();
+/// Runs a started job on this (blocking) thread and completes its task. Returns when its
+/// callback returned ([`now_ns`]).
+pub(crate) fn run(task: &Arc<Task>) -> u64 {
+    let started = now_ns();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
         let payload =
@@ -89,30 +90,31 @@ pub(crate) fn run(task: &Arc<Task>) {
             unsafe { (payload.func)(payload.arg.ptr(), std::ptr::from_ref(&job).cast_mut()) }
         });
         CURRENT_JOB.with(|c| c.set(previous));
-        let ended = Instant::now();
+        let ended = now_ns();
         context::as_task(task.id, || drop(payload));
         (code, job.value.get(), ended)
     }));
-    if task.begin_completion().is_none() {
-        return;
-    }
     let (status, code, value, ended) = match result {
         Ok((0, value, ended)) => (TB_OK, 0, value, ended),
         Ok((code, value, ended)) => (TB_ERR_CALLBACK, code, value, ended),
-        Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), Instant::now()),
+        Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), now_ns()),
     };
-    let queued_us = micros_between(task.submitted, started);
+    let queued_us = micros_between(task.submitted_ns, started);
     let counters = &blocking(task).pool.counters;
     counters.job_started(queued_us);
     counters.job_completed(status != TB_OK);
-    task.settle(tb_outcome {
-        status,
-        code,
-        value,
-        ticks: 0,
-        queued_us,
-        run_us: micros_between(started, ended),
-    });
+    // Only the drainer that started the job moves it out of RUNNING (cancel only flags it).
+    if task.begin_completion().is_some() {
+        task.settle(tb_outcome {
+            status,
+            code,
+            value,
+            ticks: 0,
+            queued_us,
+            run_us: micros_between(started, ended),
+        });
+    }
+    ended
 }
 
 /// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
@@ -128,7 +130,7 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
     drop(unsafe { blocking.take_payload() });
     task.settle(tb_outcome {
         status,
-        queued_us: micros_between(task.submitted, Instant::now()),
+        queued_us: micros_between(task.submitted_ns, now_ns()),
         ..tb_outcome::default()
     });
 }

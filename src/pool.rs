@@ -9,9 +9,10 @@
 //! - bound the queue (`max_queued_blocking`) and count queued and running jobs exactly;
 //! - avoid a thread burst: a new drainer is started only when no drainer is idle and none is
 //!   already starting, so threads grow one at a time, each as soon as the previous one runs,
-//!   and never beyond `max_blocking_threads`; past one drainer per CPU, only while no job has
-//!   ended for a while, that is while the drainers are blocked rather than busy with quick jobs
-//!   (more threads than CPUs cannot run quick jobs faster);
+//!   and never beyond `max_blocking_threads`; past one drainer per CPU, only while every
+//!   drainer is inside a job and no job has ended for a while, that is while the drainers are
+//!   blocked rather than busy with quick jobs (more threads than CPUs cannot run quick jobs
+//!   faster);
 //! - keep a drainer that runs out of work spinning for a few microseconds before it sleeps, so
 //!   that a job submitted right after the last one starts without waking a sleeping thread
 //!   (a futex wake-up on another CPU costs about 20 us).
@@ -171,9 +172,13 @@ impl Pool {
         if state.closed || state.starting > 0 || state.drainers >= self.max_threads {
             return false;
         }
-        let ended_ago = now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed));
-        if state.drainers >= self.cpus && ended_ago < STUCK_NS {
-            return false; // the drainers are busy with quick jobs, not blocked
+        if state.drainers >= self.cpus {
+            // More threads than CPUs help only drainers blocked in their jobs: every drainer
+            // inside a job, and none of those jobs ended for a while.
+            let ended_ago = now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed));
+            if state.running < state.drainers || ended_ago < STUCK_NS {
+                return false;
+            }
         }
         state.drainers += 1;
         state.starting += 1;
@@ -198,11 +203,6 @@ impl Pool {
     fn drain(self: Arc<Self>) {
         let mut state = self.lock();
         state.starting -= 1;
-        if state.queued > 1 && state.idle == 0 && self.reserve_drainer(&mut state) {
-            drop(state);
-            self.spawn_drainer();
-            state = self.lock();
-        }
         loop {
             if let Some(task) = state.queue.pop_front() {
                 self.pending.store(state.queue.len(), Ordering::Release);
@@ -211,9 +211,18 @@ impl Pool {
                 }
                 state.queued -= 1;
                 state.running += 1;
+                // Jobs left behind this one, and nobody free to take them: maybe one more
+                // drainer (each new one, once it holds a job, considers the next).
+                let grow = state.queued > 0
+                    && state.idle == 0
+                    && state.spinning == 0
+                    && self.reserve_drainer(&mut state);
                 drop(state);
-                crate::job::run(&task);
-                self.last_end_ns.store(now_ns(), Ordering::Relaxed);
+                if grow {
+                    self.spawn_drainer();
+                }
+                let ended = crate::job::run(&task);
+                self.last_end_ns.store(ended, Ordering::Relaxed);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
@@ -247,8 +256,12 @@ impl Pool {
         state.drainers -= 1;
     }
 
-    /// Spins unlocked for a moment, watching for work, then takes the lock back.
+    /// Spins unlocked for a moment, watching for work, then takes the lock back. Spinners stay
+    /// fewer than the CPUs, so that they never starve the threads that submit work.
     fn spin<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if state.spinning + 1 >= self.cpus.max(2) {
+            return state;
+        }
         state.spinning += 1;
         drop(state);
         let until = Instant::now() + SPIN;

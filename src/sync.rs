@@ -7,9 +7,6 @@
 //! They are macros so that the same code serves std's mutexes and condition variables and, in
 //! the model checks of the completion state machine (`--cfg tb_loom`), loom's.
 
-use std::sync::OnceLock;
-use std::time::Instant;
-
 /// Locks a mutex, ignoring poisoning.
 macro_rules! lock {
     ($mutex:expr) => {
@@ -43,9 +40,19 @@ macro_rules! wait_until {
 
 pub(crate) use {lock, wait_until};
 
-/// Nanoseconds on a monotonic clock since the library's first use, never 0: a time that fits
-/// an atomic.
+/// Nanoseconds on the monotonic clock (since boot), never 0: a time that fits an atomic, read
+/// without the arithmetic of `Instant`.
 pub(crate) fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
+}
+
+/// Microseconds from `from` to `to`, two [`now_ns`] readings; 0 if `to` is earlier.
+pub(crate) fn micros_between(from: u64, to: u64) -> u64 {
+    to.saturating_sub(from) / 1000
 }

@@ -2,13 +2,13 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::completion::tb_task;
 use crate::error::{tb_status, Error, TB_OK};
 use crate::handle::{HandleTable, TAG_TASK};
 use crate::runtime::{self, tb_runtime, Runtime};
 use crate::state::State;
+use crate::sync::now_ns;
 
 /// Every live task handle.
 pub(crate) static TASKS: HandleTable<Task> = HandleTable::new(TAG_TASK);
@@ -22,7 +22,8 @@ pub(crate) enum Work {
 /// One unit of work submitted by C: a blocking job, a sleep or a timer.
 pub(crate) struct Task {
     state: State,
-    pub(crate) submitted: Instant,
+    /// When it was submitted ([`now_ns`](crate::sync::now_ns)).
+    pub(crate) submitted_ns: u64,
     pub(crate) work: Work,
 }
 
@@ -31,7 +32,7 @@ impl Task {
     pub(crate) fn new(id: u64, work: Work, phase: u8) -> Self {
         Task {
             state: State::new(id, phase),
-            submitted: Instant::now(),
+            submitted_ns: now_ns(),
             work,
         }
     }
@@ -87,9 +88,4 @@ impl Drop for Submission {
             TASKS.unreserve(self.id);
         }
     }
-}
-
-/// Microseconds from `from` to `to`, saturating.
-pub(crate) fn micros_between(from: Instant, to: Instant) -> u64 {
-    u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
 }

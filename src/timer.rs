@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -18,7 +18,8 @@ use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
-use crate::task::{micros_between, Submission, Task, Work};
+use crate::sync::{micros_between, now_ns};
+use crate::task::{Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// A timer callback: runs on an async worker thread at each tick.
@@ -57,14 +58,15 @@ struct Ending {
     /// Set when the future ran to its end.
     result: Option<(tb_status, i32)>,
     ticks: u64,
-    started: Option<Instant>,
+    /// When a worker first ran the task ([`now_ns`]).
+    started: Option<u64>,
 }
 
 impl Drop for Ending {
     fn drop(&mut self) {
         drop(self.arg.take());
         if let Some(cancelled) = self.task.begin_completion() {
-            let now = Instant::now();
+            let now = now_ns();
             let started = self.started.unwrap_or(now);
             let (status, code) = match (cancelled, self.result) {
                 (true, _) => (TB_ERR_CANCELLED, 0),
@@ -76,7 +78,7 @@ impl Drop for Ending {
                 code,
                 value: std::ptr::null_mut(),
                 ticks: self.ticks,
-                queued_us: micros_between(self.task.submitted, started),
+                queued_us: micros_between(self.task.submitted_ns, started),
                 run_us: micros_between(started, now),
             });
         }
@@ -111,10 +113,11 @@ fn later(at: tokio::time::Instant, ms: u64) -> tokio::time::Instant {
     at + Duration::from_millis(ms).min(FAR)
 }
 
-async fn run(mut ending: Ending, delay_ms: u64, tick: Option<Tick>) {
+/// The task's life: waits for `first` (the submission time plus the delay), then ticks.
+async fn run(mut ending: Ending, first: tokio::time::Instant, tick: Option<Tick>) {
     let task = Arc::clone(&ending.task);
-    ending.started = Some(Instant::now());
-    let mut next = later(tokio::time::Instant::from_std(task.submitted), delay_ms);
+    ending.started = Some(now_ns());
+    let mut next = first;
     loop {
         if !sleep_until(&task, next).await {
             return; // cancelled: `ending` records it
@@ -175,7 +178,8 @@ fn spawn(
         started: None,
     };
     // On a runtime shut down meanwhile, Tokio drops the future at once: `ending` records that.
-    runtime.handle.spawn(run(ending, delay_ms, tick));
+    let first = later(tokio::time::Instant::now(), delay_ms);
+    runtime.handle.spawn(run(ending, first, tick));
     Ok(submission.publish(task))
 }
 
