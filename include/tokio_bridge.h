@@ -373,7 +373,7 @@ typedef struct tb_runtime_config {
   uint32_t max_queued_blocking;
   /**
    * Stack size of every thread the runtime starts, in bytes. 0: Tokio's default (2 MiB).
-   * Otherwise at least 65536.
+   * Otherwise 65536 to 1073741824 (1 GiB).
    */
   size_t thread_stack_size;
   /**

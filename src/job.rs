@@ -137,8 +137,8 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
 
 /// Cancels a queued job (it never runs) or flags a running one; see `tb_task_cancel`.
 pub(crate) fn cancel_queued(task: &Task) {
-    blocking(task).pool.forget_queued();
     abandon(task, TB_ERR_CANCELLED);
+    blocking(task).pool.forget_queued();
 }
 
 /// Submits `func(arg, job)` to run once on the runtime's blocking pool.

@@ -163,8 +163,12 @@ impl Pool {
     }
 
     /// A queued job was cancelled: it no longer counts as queued.
+    ///
+    /// A shutdown may have emptied the queue (and zeroed the count) between the cancel's claim
+    /// and this call: then there is nothing left to subtract.
     pub(crate) fn forget_queued(&self) {
-        self.lock().queued -= 1;
+        let mut state = self.lock();
+        state.queued = state.queued.saturating_sub(1);
     }
 
     /// Counts one more drainer if the pool should grow now.

@@ -60,7 +60,7 @@ pub struct tb_runtime_config {
     /// `TB_ERR_BUSY`.
     pub max_queued_blocking: u32,
     /// Stack size of every thread the runtime starts, in bytes. 0: Tokio's default (2 MiB).
-    /// Otherwise at least 65536.
+    /// Otherwise 65536 to 1073741824 (1 GiB).
     pub thread_stack_size: usize,
     /// Thread name prefix, copied. NULL: "tb". Workers are named "<name>-worker-N" and blocking
     /// threads "<name>-blocking-N"; the operating system keeps only the first 15 bytes of a
@@ -77,6 +77,7 @@ const DEFAULT_KEEP_ALIVE_MS: u32 = 10_000;
 const MAX_WORKER_THREADS: u32 = 1024;
 const MAX_BLOCKING_THREADS: u32 = 65_536;
 const MIN_STACK_SIZE: usize = 65_536;
+const MAX_STACK_SIZE: usize = 1 << 30;
 const MAX_NAME_LEN: usize = 63;
 const DEFAULT_STALL_THRESHOLD_MS: u32 = 10;
 const MAX_STALL_THRESHOLD_MS: u32 = 3_600_000;
@@ -176,9 +177,10 @@ unsafe fn read_config(cfg: *const tb_runtime_config) -> Result<Config, Error> {
             c.stall_threshold_ms
         )));
     }
-    if c.thread_stack_size != 0 && c.thread_stack_size < MIN_STACK_SIZE {
+    if c.thread_stack_size != 0 && !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&c.thread_stack_size)
+    {
         return Err(Error::invalid(format!(
-            "cfg->thread_stack_size is {}; use 0 (default) or at least {MIN_STACK_SIZE}",
+            "cfg->thread_stack_size is {}; use 0 (default) or {MIN_STACK_SIZE} to {MAX_STACK_SIZE}",
             c.thread_stack_size
         )));
     }

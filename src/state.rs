@@ -281,8 +281,12 @@ impl State {
     }
 
     /// The outcome, once the task is finished.
+    ///
+    /// Read under the lock, so that a task being marked finished right now (its queue tag
+    /// already pushed and maybe drained) counts as finished.
     pub(crate) fn outcome(&self) -> Option<tb_outcome> {
-        self.is_finished().then(|| lock!(self.inner).outcome)
+        let inner = lock!(self.inner);
+        self.is_finished().then_some(inner.outcome)
     }
 
     /// Blocks until the task is finished or `deadline` passes (None: no limit). True if finished.
