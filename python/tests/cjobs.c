@@ -26,9 +26,17 @@ int32_t cj_echo(void *arg, tb_job *job) {
     return 0;
 }
 
+static atomic_int started;
+
+/* How many cj_sleep and cj_until_cancelled jobs have started. */
+int32_t cj_started(void) {
+    return atomic_load(&started);
+}
+
 /* Sleeps arg milliseconds. */
 int32_t cj_sleep(void *arg, tb_job *job) {
     (void)job;
+    atomic_fetch_add(&started, 1);
     sleep_ms((long)(intptr_t)arg);
     return 0;
 }
@@ -39,16 +47,9 @@ int32_t cj_fail(void *arg, tb_job *job) {
     return (int32_t)(intptr_t)arg;
 }
 
-static atomic_int until_cancelled_started;
-
-/* How many cj_until_cancelled jobs have started. */
-int32_t cj_until_cancelled_started(void) {
-    return atomic_load(&until_cancelled_started);
-}
-
 /* Checks tb_job_cancelled every millisecond for up to arg ms: returns 42 if asked to stop. */
 int32_t cj_until_cancelled(void *arg, tb_job *job) {
-    atomic_fetch_add(&until_cancelled_started, 1);
+    atomic_fetch_add(&started, 1);
     for (intptr_t ms = 0; ms < (intptr_t)arg; ms++) {
         if (tb_job_cancelled(job)) {
             return 42;

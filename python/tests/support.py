@@ -66,8 +66,8 @@ def cjobs() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(cjobs_path()))
         lib.cj_completions.restype = c_uint64
         lib.cj_completions.argtypes = []
-        lib.cj_until_cancelled_started.restype = c_int32
-        lib.cj_until_cancelled_started.argtypes = []
+        lib.cj_started.restype = c_int32
+        lib.cj_started.argtypes = []
         lib.cj_spawn_noops.restype = c_int32
         lib.cj_spawn_noops.argtypes = [
             _native.TbRuntime,
@@ -127,16 +127,24 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bo
     return True
 
 
-def run_script(code: str, timeout: float = 60.0) -> Tuple[subprocess.CompletedProcess, float]:
-    """Runs ``code`` in a fresh interpreter that imports the package from this checkout and finds
-    the C jobs library in ``$CJOBS``. Returns the finished process and its run time in seconds;
-    raises ``subprocess.TimeoutExpired`` (after killing it) if it hangs."""
+def run_script(
+    code: str, timeout: float = 60.0, **env_changes: Optional[str]
+) -> Tuple[subprocess.CompletedProcess, float]:
+    """Runs ``code`` in a fresh interpreter that imports the package from this checkout, loads
+    the library this process loaded and finds the C jobs library in ``$CJOBS``; ``env_changes``
+    override those variables (None removes one). Returns the finished process and its run time in
+    seconds; raises ``subprocess.TimeoutExpired`` (after killing it) if it hangs."""
     env = dict(
         os.environ,
         PYTHONPATH=str(PYTHON_DIR),
         TOKIO_BRIDGE_LIB=str(tokio_bridge.library_path),
         CJOBS=str(cjobs_path()),
     )
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     start = time.monotonic()
     process = subprocess.run(
         [sys.executable, "-c", code],

@@ -16,7 +16,7 @@ import weakref
 from ctypes import byref, c_int32, c_size_t, c_uint64
 from typing import TYPE_CHECKING, Dict, NamedTuple
 
-from ._native import TB_ERR_BAD_HANDLE, TbQueue, TbQueueStats, TokioBridgeError, check, lib
+from ._native import TB_ERR_BAD_HANDLE, TB_PENDING, TbQueue, TbQueueStats, TokioBridgeError, check, lib
 
 if TYPE_CHECKING:
     from ._runtime import Task
@@ -102,7 +102,13 @@ class LoopQueue:
     def _finished(task: Task) -> None:
         future, task._future = task._future, None
         try:
-            task._settle()  # the tag comes after the outcome: this never finds it pending
+            if not task._settle():
+                # tb_task_outcome can still answer TB_PENDING for a moment after the tag was
+                # drained: the tag goes in before the task's state turns finished, and unlike
+                # tb_task_poll it does not wait for that critical section to end.
+                check(lib.tb_task_poll(task._handle))
+                if not task._settle():
+                    raise TokioBridgeError(TB_PENDING, "a notified task is not finished")
         except TokioBridgeError as error:
             if future is not None and not future.done():
                 future.set_exception(error)

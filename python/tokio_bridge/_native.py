@@ -162,6 +162,7 @@ _SIGNATURES = {
     "tb_sleep": (c_int32, [TbRuntime, c_uint64, POINTER(TbTask)]),
     "tb_job_cancelled": (c_bool, [c_void_p]),
     "tb_task_wait": (c_int32, [TbTask, c_uint64]),
+    "tb_task_poll": (c_int32, [TbTask]),
     "tb_task_outcome": (c_int32, [TbTask, POINTER(TbOutcome)]),
     "tb_task_cancel": (c_int32, [TbTask]),
     "tb_task_release": (c_int32, [TbTask]),
