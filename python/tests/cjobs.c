@@ -82,15 +82,16 @@ uint64_t cj_completions(void) {
     return atomic_load(&completions);
 }
 
-/* Submits n cj_echo jobs with their index as arg and writes their handles to out. With a zero
- * queue handle each gets a completion callback that counts it; otherwise each notifies q with
- * its index as the tag. Returns the first failing status, or TB_OK. */
-tb_status cj_spawn_noops(tb_runtime rt, tb_queue q, size_t n, tb_task *out) {
+/* Submits n cj_echo jobs with their index as arg and writes their handles to out. how = 0: just
+ * the jobs; 1: each with a completion callback that counts it; 2: each notifying q with its
+ * index as the tag. Returns the first failing status, or TB_OK. */
+tb_status cj_spawn_noops(tb_runtime rt, int how, tb_queue q, size_t n, tb_task *out) {
     for (size_t i = 0; i < n; i++) {
         tb_status s = tb_spawn_blocking(rt, cj_echo, (void *)(uintptr_t)i, NULL, &out[i]);
-        if (s == TB_OK) {
-            s = q.id == 0 ? tb_task_on_complete(out[i], count_completion, NULL)
-                          : tb_task_notify(out[i], q, i);
+        if (s == TB_OK && how == 1) {
+            s = tb_task_on_complete(out[i], count_completion, NULL);
+        } else if (s == TB_OK && how == 2) {
+            s = tb_task_notify(out[i], q, i);
         }
         if (s != TB_OK) {
             return s;

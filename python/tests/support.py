@@ -71,6 +71,7 @@ def cjobs() -> ctypes.CDLL:
         lib.cj_spawn_noops.restype = c_int32
         lib.cj_spawn_noops.argtypes = [
             _native.TbRuntime,
+            c_int32,
             _native.TbQueue,
             c_size_t,
             POINTER(_native.TbTask),
