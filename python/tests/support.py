@@ -107,6 +107,20 @@ class ReleaseCounter:
         _native.lib.tb_task_release = self._original
 
 
+class Thing:
+    """A Python object whose lifetime a weak reference can watch."""
+
+
+def hold_pool(runtime: "tokio_bridge.Runtime") -> Tuple[threading.Event, "tokio_bridge.Task"]:
+    """Occupies one blocking thread until the returned gate is set; returns once it does, so that
+    on a one-thread pool later jobs stay queued."""
+    gate = threading.Event()
+    started = threading.Event()
+    blocker = runtime.spawn_blocking(lambda: started.set() or gate.wait(10))
+    assert started.wait(10)
+    return gate, blocker
+
+
 def os_thread_name() -> str:
     """The calling thread's name as the operating system knows it (set by the library)."""
     with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:

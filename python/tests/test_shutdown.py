@@ -14,6 +14,16 @@ started_at = time.monotonic()
 atexit.register(lambda: print(f"exit took {time.monotonic() - started_at:.3f}", flush=True))
 import tokio_bridge as tb
 cj = ctypes.CDLL(os.environ["CJOBS"])
+
+# Submits a job that sleeps, then prints `message`; returns once the job has started.
+def start_python_job(rt, seconds, message):
+    started = threading.Event()
+    def job():
+        started.set()
+        time.sleep(seconds)
+        print(f"{message}, asked to stop: {tb.cancelled()}", flush=True)
+    rt.spawn_blocking(job)
+    started.wait(10)
 """
 
 
@@ -29,18 +39,12 @@ class InterpreterExit(unittest.TestCase):
         out = self.exit_cleanly(
             """
             rt = tb.Runtime(max_blocking_threads=1)
-            started = threading.Event()
-            def running():
-                started.set()
-                time.sleep(0.3)
-                print("running job finished, asked to stop:", tb.cancelled(), flush=True)
+            start_python_job(rt, 0.3, "running job finished")
             def queued(i):
                 print("queued job", i, "ran", flush=True)
-            rt.spawn_blocking(running)
             kept = [rt.spawn_blocking(queued, i) for i in range(50)]
             for i in range(50):
                 rt.spawn_blocking(queued, i)  # no Task kept
-            started.wait(10)
             print("exiting", flush=True)
             """
         )
@@ -77,17 +81,11 @@ class InterpreterExit(unittest.TestCase):
         out = self.exit_cleanly(
             """
             rt = tb.Runtime()
-            started = threading.Event()
-            def running():
-                started.set()
-                time.sleep(0.3)
-                print("late job finished", flush=True)
-            rt.spawn_blocking(running)
-            started.wait(10)
+            start_python_job(rt, 0.3, "late job finished")
             print("closed in time:", rt.close(timeout=0.01), flush=True)
             """
         )
-        self.assertIn("closed in time: False\nlate job finished\n", out)
+        self.assertIn("closed in time: False\nlate job finished, asked to stop: True\n", out)
 
     def test_an_asyncio_loop_ended_mid_flight_by_sys_exit(self):
         out = self.exit_cleanly(
@@ -134,14 +132,7 @@ class InterpreterExit(unittest.TestCase):
     def test_the_default_runtime_is_closed_at_exit(self):
         out = self.exit_cleanly(
             """
-            rt = tb.default_runtime()
-            started = threading.Event()
-            def running():
-                started.set()
-                time.sleep(0.1)
-                print("default runtime job finished", flush=True)
-            rt.spawn_blocking(running)
-            started.wait(10)
+            start_python_job(tb.default_runtime(), 0.1, "default runtime job finished")
             """
         )
         self.assertIn("default runtime job finished", out)

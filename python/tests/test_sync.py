@@ -8,21 +8,16 @@ import time
 import unittest
 import weakref
 
-from support import ReleaseCounter, c_address, cjobs, os_thread_name, tokio_bridge as tb
+from support import (
+    ReleaseCounter,
+    Thing,
+    c_address,
+    cjobs,
+    hold_pool,
+    os_thread_name,
+    tokio_bridge as tb,
+)
 from tokio_bridge import _runtime
-
-
-class Thing:
-    """A Python object whose lifetime a weak reference can watch."""
-
-
-def hold_pool(runtime: tb.Runtime) -> "tuple[threading.Event, tb.Task]":
-    """Occupies a one-thread pool until the returned gate is set, so later jobs stay queued."""
-    gate = threading.Event()
-    started = threading.Event()
-    blocker = runtime.spawn_blocking(lambda: started.set() or gate.wait(10))
-    assert started.wait(10)
-    return gate, blocker
 
 
 class PythonCallables(unittest.TestCase):
@@ -358,8 +353,7 @@ class Runtimes(unittest.TestCase):
     def test_the_default_runtime_is_made_once(self):
         rt = tb.default_runtime()
         self.assertIs(tb.default_runtime(), rt)
-        # The system keeps 15 bytes of a thread name.
-        self.assertRegex(rt.spawn_blocking(os_thread_name).result(10), r"^tb-py-blocking-")
+        self.assertRegex(rt.spawn_blocking(os_thread_name).result(10), r"^tbpy-blocking-\d")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def _wait(handle: TbTask, timeout: Optional[float]) -> int:
     """``tb_task_wait`` with a timeout in seconds. On the main thread a long wait is cut into
     slices, so that Python runs its signal handlers (Ctrl-C) in between."""
     ms = TB_FOREVER if timeout is None else max(0, math.ceil(timeout * 1000))
-    if ms <= _WAIT_SLICE_MS or threading.current_thread() is not threading.main_thread():
+    if ms <= _WAIT_SLICE_MS or threading.get_ident() != threading.main_thread().ident:
         return lib.tb_task_wait(handle, ms)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -598,13 +598,13 @@ _default_lock = threading.Lock()
 
 
 def default_runtime() -> Runtime:
-    """A runtime with the default configuration and threads named ``tb-py-*``, created on first
+    """A runtime with the default configuration and threads named ``tbpy-*``, created on first
     use (again after it was closed) and closed at exit like any other. (The library's own
     ``tb_runtime_default`` is never used: it cannot be shut down.)"""
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            _default = Runtime(thread_name="tb-py")
+            _default = Runtime(thread_name="tbpy")
         return _default
 
 
