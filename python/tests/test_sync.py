@@ -15,6 +15,7 @@ from support import (
     cjobs,
     hold_pool,
     os_thread_name,
+    run_script,
     tokio_bridge as tb,
 )
 from tokio_bridge import _runtime
@@ -65,6 +66,24 @@ class PythonCallables(unittest.TestCase):
             task.result(timeout=0.01)
         gate.set()
         self.assertTrue(task.result(timeout=10))
+
+    def test_a_long_wait_on_the_main_thread_lets_ctrl_c_through(self):
+        process, _ = run_script(
+            """
+import ctypes, os, signal, threading, time
+import tokio_bridge as tb
+cj = ctypes.CDLL(os.environ["CJOBS"])
+task = tb.Runtime().spawn_blocking_c(cj.cj_until_cancelled, 20_000)
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.monotonic()
+try:
+    task.result()
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - start:.3f} s", flush=True)
+"""
+        )
+        self.assertEqual((process.returncode, process.stderr), (0, ""))
+        self.assertLess(float(process.stdout.split("interrupted after ")[1].split()[0]), 5)
 
     def test_a_running_job_is_asked_to_stop_by_cancel(self):
         started = threading.Event()
