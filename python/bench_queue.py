@@ -19,7 +19,7 @@ from typing import Callable, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
-from support import cjobs, tokio_bridge  # noqa: E402
+from support import cjobs, hold_pool, tokio_bridge  # noqa: E402
 from tokio_bridge._native import (  # noqa: E402
     TB_FOREVER,
     TbQueue,
@@ -49,6 +49,28 @@ def asyncio_awaits(rt: tokio_bridge.Runtime, cj: ctypes.CDLL, jobs: int) -> Tupl
     start = time.perf_counter()
     note = asyncio.run(main())
     return time.perf_counter() - start, note
+
+
+def asyncio_delivery(rt: tokio_bridge.Runtime, cj: ctypes.CDLL, jobs: int) -> Tuple[float, str]:
+    """Only the way back: IN_FLIGHT awaits at a time wait behind a job holding the runtime's one
+    blocking thread; timed from releasing it until every await has its result."""
+
+    async def main() -> Tuple[float, str]:
+        took = 0.0
+        for start in range(1, jobs + 1, IN_FLIGHT):
+            batch = range(start, min(start + IN_FLIGHT, jobs + 1))
+            gate, _ = hold_pool(rt)
+            awaits = [asyncio.ensure_future(rt.run_blocking_c(cj.cj_echo, i)) for i in batch]
+            await asyncio.sleep(0)  # each coroutine submits its job and awaits it
+            began = time.perf_counter()
+            gate.set()
+            results = await asyncio.gather(*awaits)
+            took += time.perf_counter() - began
+            assert results == list(batch)
+        stats = rt.queue_stats()
+        return took, f"{stats.pushed} through the queue in {stats.wakeups} wake-ups"
+
+    return asyncio.run(main())
 
 
 def no_delivery(rt: tokio_bridge.Runtime, cj: ctypes.CDLL, jobs: int) -> Tuple[float, str]:
@@ -129,9 +151,13 @@ def main() -> None:
     lib.tb_queue_wait.argtypes = [TbQueue, c_uint64]
     cj = cjobs()
     print(f"{args.jobs:,} no-op C jobs (cj_echo), median of {args.rounds} runs; library "
-          f"{tokio_bridge.library_path}; 1 async worker, up to 4 blocking threads")
+          f"{tokio_bridge.library_path}; 1 async worker, up to 4 blocking threads (1 for the "
+          "first row)")
     print("| delivery | time | completions/s | note |")
     print("|---|---|---|---|")
+    with tokio_bridge.Runtime(workers=1, max_blocking_threads=1) as rt:
+        measure(f"asyncio: only the completions, {IN_FLIGHT:,} awaits at a time",
+                asyncio_delivery, rt, cj, args.jobs, args.rounds)
     with tokio_bridge.Runtime(workers=1, max_blocking_threads=4) as rt:
         measure(f"asyncio: await run_blocking_c, {IN_FLIGHT:,} in flight", asyncio_awaits,
                 rt, cj, args.jobs, args.rounds)
