@@ -219,15 +219,16 @@ class Asyncio(unittest.TestCase):
         cj = self.cj
         rt = tb.Runtime(max_blocking_threads=1)
 
-        def slow():
+        def until_asked_to_stop():
             started.set()
-            time.sleep(0.05)
+            while not tb.cancelled():  # the shutdown asks: the queued jobs cannot start before
+                time.sleep(0.001)
             return "finished"
 
         started = threading.Event()
 
         async def main():
-            running = asyncio.ensure_future(rt.run_blocking(slow))
+            running = asyncio.ensure_future(rt.run_blocking(until_asked_to_stop))
             queued = [asyncio.ensure_future(rt.run_blocking_c(cj.cj_echo, i)) for i in range(5)]
             sleeping = asyncio.ensure_future(rt.asleep(10_000))
             self.assertTrue(await eventually(started.is_set))

@@ -129,6 +129,23 @@ class InterpreterExit(unittest.TestCase):
         )
         self.assertIn("main thread exiting", out)
 
+    def test_threads_still_submitting_while_the_interpreter_exits(self):
+        self.exit_cleanly(
+            """
+            rt = tb.Runtime(max_blocking_threads=2)
+            def submit_forever():
+                while True:
+                    try:
+                        rt.spawn_blocking(len, "abc")
+                        rt.spawn_blocking_c(cj.cj_echo, (ctypes.c_int32 * 1)(7))
+                    except tb.ShutdownError:
+                        pass  # refused once the exit handler closed the runtime; keep trying
+            for _ in range(2):
+                threading.Thread(target=submit_forever, daemon=True).start()
+            time.sleep(0.2)
+            """
+        )
+
     def test_the_default_runtime_is_closed_at_exit(self):
         out = self.exit_cleanly(
             """

@@ -228,14 +228,17 @@ class CFunctions(unittest.TestCase):
         self.rt.spawn_blocking_c(self.cj.cj_sum_after_20ms, pointer).result(timeout=10)
         self.assertEqual(values[2], 42)
 
-        dropped = (ctypes.c_int32 * 3)(1, 2, 0)
-        watch = weakref.ref(dropped)
-        task = self.rt.spawn_blocking_c(self.cj.cj_sum_after_20ms, dropped)
-        del dropped
-        gc.collect()
-        self.assertIsNotNone(watch(), "kept until the job's free_arg runs")
-        task.result(timeout=10)
-        self.assertIsNone(watch())
+        with tb.Runtime(max_blocking_threads=1) as rt:
+            gate, _ = hold_pool(rt)
+            dropped = (ctypes.c_int32 * 3)(1, 2, 0)
+            watch = weakref.ref(dropped)
+            task = rt.spawn_blocking_c(self.cj.cj_sum_after_20ms, dropped)
+            del dropped
+            gc.collect()
+            self.assertIsNotNone(watch(), "queued: kept until the job's free_arg runs")
+            gate.set()
+            task.result(timeout=10)
+            self.assertIsNone(watch())
         self.assertEqual(_runtime._kept, {})
 
     def test_a_c_function_runs_without_the_gil(self):

@@ -71,8 +71,9 @@ class _PyJob:
 #: Python jobs from submission until their ``free_arg`` runs, by the key passed as ``arg``.
 _jobs: Dict[int, _PyJob] = {}
 _job_keys = itertools.count(1)
-#: ctypes objects passed to C jobs, by the address passed as ``arg``, until ``free_arg`` runs.
-_kept: Dict[int, List[Any]] = {}
+#: ctypes objects passed to C jobs, with a key of the same series, by the address passed as
+#: ``arg``, until ``free_arg`` runs.
+_kept: Dict[int, List[Tuple[int, Any]]] = {}
 #: The ``tb_job *`` of the Python job running on this thread, for :func:`cancelled`.
 _current = threading.local()
 
@@ -100,29 +101,39 @@ def _run_job(key: int, job: int) -> int:
 
 def _free_job(key: int) -> None:
     """The ``free_arg`` of every Python job: drops the registry's hold on the callable and its
-    arguments. Runs after the job, or on the thread that cancelled it or shut the runtime down."""
+    arguments. Runs after the job, or on the thread that cancelled it or shut the runtime down;
+    :meth:`Runtime.spawn_blocking` calls it itself when the submission fails."""
     record = _jobs.pop(key)
     record.fn = record.args = record.kwargs = None
-    _notify_if_drained()
+    _notify_freed()
 
 
 def _free_kept(address: int) -> None:
-    """The ``free_arg`` of a C job given a ctypes object: lets the object go."""
+    """The ``free_arg`` of a C job given a ctypes object: lets the object go (any of those kept
+    for this address: they share its memory)."""
     kept = _kept[address]
     kept.pop()
     if not kept:
         del _kept[address]
-    _notify_if_drained()
+    _notify_freed()
 
 
-#: Notified when both registries become empty: no ``free_arg`` of this package is left to run.
-_drained = threading.Condition()
+def _registered() -> Set[int]:
+    """The keys of every job whose ``free_arg`` has not run, or whose submission is under way.
+    Other threads may change the registries meanwhile: it iterates copies made in one step."""
+    keys = set(_jobs)
+    for kept in list(_kept.values()):
+        keys.update(key for key, _ in tuple(kept))
+    return keys
 
 
-def _notify_if_drained() -> None:
-    if not _jobs and not _kept:
-        with _drained:
-            _drained.notify_all()
+#: Notified each time an entry leaves the registries, for the exit handler.
+_freed = threading.Condition()
+
+
+def _notify_freed() -> None:
+    with _freed:
+        _freed.notify_all()
 
 
 def _pointer_value(obj: Any) -> Optional[int]:
@@ -521,7 +532,7 @@ class Runtime:
         try:
             handle = self._submit(_RUN_JOB_ADDRESS, key, _FREE_JOB_ADDRESS)
         except BaseException:
-            del _jobs[key]  # a failed submission never calls free_arg
+            _free_job(key)  # a failed submission never calls free_arg
             raise
         return Task(self, handle, record)
 
@@ -544,7 +555,7 @@ class Runtime:
         if keep is None:
             return Task(self, self._submit(address, pointer, None), None)
         assert pointer is not None
-        _kept.setdefault(pointer, []).append(keep)
+        _kept.setdefault(pointer, []).append((next(_job_keys), keep))
         try:
             handle = self._submit(address, pointer, _FREE_KEPT_ADDRESS)
         except BaseException:
@@ -612,9 +623,10 @@ def _close_every_runtime() -> None:
     """Registered with :mod:`atexit` at import: closes every open runtime before the interpreter
     starts finalizing, so that no callback of this package runs on a library thread after.
 
-    Then it waits until the last job's ``free_arg`` has run: that also covers jobs still running
-    on a runtime closed earlier with a timeout, and a ``free_arg`` that another thread's cancel
-    or close is running right now.
+    Then it waits until the ``free_arg`` of every job registered by then has run: that also
+    covers jobs still running on a runtime closed earlier with a timeout, and a ``free_arg`` that
+    another thread's cancel or close is running right now. Submissions that other threads start
+    from now on are all refused, so they cannot hold it up.
     """
     global _exiting
     with _live_lock:
@@ -622,8 +634,9 @@ def _close_every_runtime() -> None:
         runtimes = list(_live)
     for runtime in runtimes:
         runtime.close()
-    with _drained:
-        _drained.wait_for(lambda: not _jobs and not _kept)
+    with _freed:
+        waiting = _registered()
+        _freed.wait_for(lambda: waiting.isdisjoint(_registered()))
 
 
 atexit.register(_close_every_runtime)
