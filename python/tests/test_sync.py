@@ -242,7 +242,7 @@ class CFunctions(unittest.TestCase):
         self.assertEqual(_runtime._kept, {})
 
     def test_a_c_function_runs_without_the_gil(self):
-        task = self.rt.spawn_blocking_c(self.cj.cj_sleep, 300)
+        task = self.rt.spawn_blocking_c(self.cj.cj_sleep, 800)
         last = time.perf_counter()
         longest_gap = 0.0
         while not task.done():
@@ -250,8 +250,8 @@ class CFunctions(unittest.TestCase):
             now = time.perf_counter()
             longest_gap = max(longest_gap, now - last)
             last = now
-        # Had the job held the GIL, this thread would have stalled for its whole 300 ms.
-        self.assertLess(longest_gap, 0.15)
+        # Had the job held the GIL, this thread would have stalled for its whole 800 ms.
+        self.assertLess(longest_gap, 0.4)
 
     def test_a_running_c_job_sees_the_cancel_request(self):
         before = self.cj.cj_started()

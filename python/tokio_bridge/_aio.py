@@ -16,7 +16,15 @@ import weakref
 from ctypes import byref, c_int32, c_size_t, c_uint64
 from typing import TYPE_CHECKING, Dict, NamedTuple
 
-from ._native import TB_ERR_BAD_HANDLE, TB_PENDING, TbQueue, TbQueueStats, TokioBridgeError, check, lib
+from ._native import (
+    TB_ERR_BAD_HANDLE,
+    TB_PENDING,
+    TbQueue,
+    TbQueueStats,
+    TokioBridgeError,
+    check,
+    lib,
+)
 
 if TYPE_CHECKING:
     from ._runtime import Task
