@@ -110,13 +110,9 @@ class LoopQueue:
     def _finished(task: Task) -> None:
         future, task._future = task._future, None
         try:
+            # The library pushes a task's tag only once its outcome can be read.
             if not task._settle():
-                # tb_task_outcome can still answer TB_PENDING for a moment after the tag was
-                # drained: the tag goes in before the task's state turns finished, and unlike
-                # tb_task_poll it does not wait for that critical section to end.
-                check(lib.tb_task_poll(task._handle))
-                if not task._settle():
-                    raise TokioBridgeError(TB_PENDING, "a notified task is not finished")
+                raise TokioBridgeError(TB_PENDING, "a notified task is not finished")
         except TokioBridgeError as error:
             if future is not None and not future.done():
                 future.set_exception(error)
