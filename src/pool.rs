@@ -190,14 +190,26 @@ impl Pool {
     }
 
     /// Starts a reserved drainer on Tokio's blocking pool. False if the OS refused a thread.
+    ///
+    /// Tokio panics when the OS refuses a thread and its pool has none, but keeps the drainer
+    /// queued, to run it if a thread appears later. So the drainer holds the pool weakly (a
+    /// strong reference would close a cycle, pool -> Tokio handle -> Tokio's queue -> drainer,
+    /// and leak them all), and a drainer whose start failed is marked abandoned: it does nothing
+    /// if Tokio ever runs it, since its place was given back here.
     fn spawn_drainer(self: &Arc<Self>) -> bool {
-        let pool = Arc::clone(self);
-        // Tokio panics when the OS refuses a thread and the pool has none.
+        let pool = Arc::downgrade(self);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let ticket = Arc::clone(&abandoned);
         let spawned = catch_unwind(AssertUnwindSafe(|| {
-            self.handle.spawn_blocking(move || pool.drain());
+            self.handle.spawn_blocking(move || {
+                if let Some(pool) = pool.upgrade().filter(|_| !ticket.load(Ordering::Acquire)) {
+                    pool.drain();
+                }
+            });
         }));
         if spawned.is_err() {
             let mut state = self.lock();
+            abandoned.store(true, Ordering::Release);
             state.drainers -= 1;
             state.starting -= 1;
         }
