@@ -72,9 +72,9 @@ fn blocking(task: &Task) -> &Blocking {
     }
 }
 
-/// Runs a started job on this (blocking) thread and completes its task. Returns when its
-/// callback returned ([`now_ns`]).
-pub(crate) fn run(task: &Arc<Task>) -> u64 {
+/// Runs a started job on this (blocking) thread and completes its task. Returns how long its
+/// callback ran and when it returned ([`now_ns`]), in ns.
+pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
     let started = now_ns();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
@@ -114,7 +114,7 @@ pub(crate) fn run(task: &Arc<Task>) -> u64 {
             run_us: micros_between(started, ended),
         });
     }
-    ended
+    (ended.saturating_sub(started), ended)
 }
 
 /// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this

@@ -10,9 +10,9 @@
 //! - avoid a thread burst: a new drainer is started only when no drainer is idle and none is
 //!   already starting, so threads grow one at a time, each as soon as the previous one runs,
 //!   and never beyond `max_blocking_threads`; past one drainer per CPU, only while every
-//!   drainer is inside a job and no job has ended for a while, that is while the drainers are
-//!   blocked rather than busy with quick jobs (more threads than CPUs cannot run quick jobs
-//!   faster);
+//!   drainer is inside a job and the jobs are long (100 us or more on average, or none ended
+//!   for that long), that is while the drainers are blocked rather than busy with quick jobs
+//!   (more threads than CPUs cannot run quick jobs faster);
 //! - keep a drainer that runs out of work spinning for a few microseconds before it sleeps, so
 //!   that a job submitted right after the last one starts without waking a sleeping thread
 //!   (a futex wake-up on another CPU costs about 20 us).
@@ -47,7 +47,8 @@ struct State {
 
 /// How long a drainer without work spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
-/// Past one drainer per CPU, the pool grows only when no job has ended for this long.
+/// Past one drainer per CPU, the pool grows only for jobs this long (on average, or when none
+/// has ended for this long).
 const STUCK_NS: u64 = 100_000;
 
 /// The pool's gauges at one moment.
@@ -67,6 +68,8 @@ pub(crate) struct Pool {
     pending: AtomicUsize,
     /// When a job last ended ([`now_ns`]).
     last_end_ns: AtomicU64,
+    /// A moving average of how long jobs run, in ns.
+    average_run_ns: AtomicU64,
     max_threads: usize,
     max_queued: usize,
     keep_alive: Duration,
@@ -90,6 +93,7 @@ impl Pool {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pending: AtomicUsize::new(0),
             last_end_ns: AtomicU64::new(0),
+            average_run_ns: AtomicU64::new(0),
             max_threads,
             max_queued,
             keep_alive,
@@ -178,9 +182,10 @@ impl Pool {
         }
         if state.drainers >= self.cpus {
             // More threads than CPUs help only drainers blocked in their jobs: every drainer
-            // inside a job, and none of those jobs ended for a while.
-            let ended_ago = now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed));
-            if state.running < state.drainers || ended_ago < STUCK_NS {
+            // inside a job, and the jobs long (on average, or none ended for a while).
+            let long = self.average_run_ns.load(Ordering::Relaxed) >= STUCK_NS
+                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= STUCK_NS;
+            if state.running < state.drainers || !long {
                 return false;
             }
         }
@@ -237,8 +242,12 @@ impl Pool {
                 if grow {
                     self.spawn_drainer();
                 }
-                let ended = crate::job::run(&task);
+                let (run_ns, ended) = crate::job::run(&task);
                 self.last_end_ns.store(ended, Ordering::Relaxed);
+                // Racing updates from several drainers may lose a sample: it is an estimate.
+                let average = self.average_run_ns.load(Ordering::Relaxed);
+                self.average_run_ns
+                    .store(average - average / 8 + run_ns / 8, Ordering::Relaxed);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;

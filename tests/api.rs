@@ -937,3 +937,35 @@ fn released_handles_do_not_grow_memory_over_a_long_run() {
     assert!(ids.len() <= 2, "slots are reused: {} distinct", ids.len());
     shutdown(rt);
 }
+
+#[test]
+fn a_backlog_of_blocking_jobs_gets_threads_while_jobs_keep_ending() {
+    // 2000 jobs of 1 ms at once, up to 64 threads: jobs end every few microseconds long before
+    // 64 threads could have started, and the pool must still grow, to about 64.
+    let rt = runtime_with(&config(1, 64));
+    let p = probe();
+    p.sleep_ms.store(1, Ordering::SeqCst);
+    let started = Instant::now();
+    let tasks: Vec<tb_task> = (0..2000).map(|_| spawn(rt, Some(job_fn), p)).collect();
+    for t in tasks {
+        outcome(t);
+    }
+    let took = started.elapsed();
+    let threads = p
+        .threads
+        .lock()
+        .unwrap()
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    println!("2000 jobs of 1 ms: {took:?} on {threads} threads");
+    assert!(
+        threads >= 32,
+        "only {threads} threads for 2000 blocking jobs"
+    );
+    assert!(
+        took < Duration::from_millis(400),
+        "{took:?} (on 2 threads: ~1000 ms; on 64: ~35 ms)"
+    );
+    shutdown(rt);
+}
