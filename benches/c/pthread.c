@@ -1,0 +1,196 @@
+/* Plain threads: the floors the pools are measured against.
+ *
+ *   bench_pthread create n= warmup=    round trip as pthread_create of a no-op + pthread_join
+ *   bench_pthread condvar n= warmup=   round trip to a long-lived thread through a mutex and
+ *                                      two condition variables, both sides sleeping: the floor
+ *                                      of a cross-thread round trip that does not spin
+ *   bench_pthread spin n= warmup=      the same with both sides spinning on atomics
+ *   bench_pthread sleep n= threads= sleep_us=  n sleeps shared by `threads` dedicated threads:
+ *                                      the ideal of the sleeping-jobs figure */
+
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include "bench.h"
+
+static uint64_t *alloc_samples(size_t n) {
+    uint64_t *p = calloc(n, sizeof *p);
+    if (!p)
+        bench_fail("out of memory");
+    return p;
+}
+
+static void start_thread(pthread_t *thread, void *(*run)(void *), void *arg) {
+    if (pthread_create(thread, NULL, run, arg) != 0)
+        bench_fail("pthread_create");
+}
+
+/* One measured round trip: returns when the other side has stamped `end` and the caller is
+ * awake again. */
+typedef void (*round_trip_fn)(uint64_t *end);
+
+static size_t samples, warmup;
+
+static void measure(round_trip_fn round_trip) {
+    uint64_t *rtt = alloc_samples(samples), *wake = alloc_samples(samples);
+    double cpu = 0;
+    for (size_t i = 0; i < warmup + samples; i++) {
+        uint64_t end = 0;
+        if (i == warmup)
+            cpu = bench_cpu_s();
+        uint64_t start = bench_now_ns();
+        round_trip(&end);
+        uint64_t woke = bench_now_ns();
+        if (end == 0)
+            bench_fail("the other thread did not run");
+        if (i >= warmup) {
+            rtt[i - warmup] = woke - start;
+            wake[i - warmup] = woke - end;
+        }
+    }
+    cpu = bench_cpu_s() - cpu;
+    bench_report_latency("rt", rtt, samples);
+    bench_report_latency("wake", wake, samples);
+    bench_report("cpu_us_per_op", cpu * 1e6 / (double)samples);
+}
+
+static void read_round_trip_args(void) {
+    samples = bench_arg("n", 20000);
+    warmup = bench_arg("warmup", 1000);
+    bench_args_done();
+}
+
+static void *stamp_end(void *arg) {
+    *(uint64_t *)arg = bench_now_ns();
+    return NULL;
+}
+
+static void create_join(uint64_t *end) {
+    pthread_t thread;
+    start_thread(&thread, stamp_end, end);
+    pthread_join(thread, NULL);
+}
+
+static void create(void) {
+    read_round_trip_args();
+    measure(create_join);
+}
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t request_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t reply_cond = PTHREAD_COND_INITIALIZER;
+static uint64_t *request; /* the slot to stamp; NULL when there is no request */
+static int replied, quit;
+
+static void *condvar_server(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        while (!request && !quit)
+            pthread_cond_wait(&request_cond, &lock);
+        if (quit)
+            break;
+        *request = bench_now_ns();
+        request = NULL;
+        replied = 1;
+        pthread_cond_signal(&reply_cond);
+    }
+    pthread_mutex_unlock(&lock);
+    return NULL;
+}
+
+static void condvar_round_trip(uint64_t *end) {
+    pthread_mutex_lock(&lock);
+    request = end;
+    replied = 0;
+    pthread_cond_signal(&request_cond);
+    while (!replied)
+        pthread_cond_wait(&reply_cond, &lock);
+    pthread_mutex_unlock(&lock);
+}
+
+static void condvar(void) {
+    pthread_t server;
+    read_round_trip_args();
+    start_thread(&server, condvar_server, NULL);
+    measure(condvar_round_trip);
+    pthread_mutex_lock(&lock);
+    quit = 1;
+    pthread_cond_signal(&request_cond);
+    pthread_mutex_unlock(&lock);
+    pthread_join(server, NULL);
+}
+
+static _Atomic(uint64_t *) spin_request;
+static atomic_bool spin_replied, spin_quit;
+
+static void *spin_server(void *arg) {
+    (void)arg;
+    while (!atomic_load_explicit(&spin_quit, memory_order_acquire)) {
+        uint64_t *slot = atomic_load_explicit(&spin_request, memory_order_acquire);
+        if (!slot)
+            continue;
+        *slot = bench_now_ns();
+        atomic_store_explicit(&spin_request, NULL, memory_order_relaxed);
+        atomic_store_explicit(&spin_replied, true, memory_order_release);
+    }
+    return NULL;
+}
+
+static void spin_round_trip(uint64_t *end) {
+    atomic_store_explicit(&spin_replied, false, memory_order_relaxed);
+    atomic_store_explicit(&spin_request, end, memory_order_release);
+    while (!atomic_load_explicit(&spin_replied, memory_order_acquire)) {
+    }
+}
+
+static void spin(void) {
+    pthread_t server;
+    read_round_trip_args();
+    start_thread(&server, spin_server, NULL);
+    measure(spin_round_trip);
+    atomic_store_explicit(&spin_quit, true, memory_order_release);
+    pthread_join(server, NULL);
+}
+
+static uint64_t sleep_us;
+static atomic_llong sleeps_left; /* goes below 0 once every sleep is taken */
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    while (atomic_fetch_sub(&sleeps_left, 1) > 0)
+        bench_sleep_us(sleep_us);
+    return NULL;
+}
+
+static void dedicated_sleepers(void) {
+    size_t n = bench_arg("n", 25600);
+    size_t threads = bench_arg("threads", 64);
+    sleep_us = bench_arg("sleep_us", 1000);
+    bench_args_done();
+    pthread_t *ids = calloc(threads, sizeof *ids);
+    if (!ids || threads == 0)
+        bench_fail("threads must be at least 1");
+    atomic_store(&sleeps_left, (long long)n);
+    bench_threads_start();
+    uint64_t start = bench_now_ns();
+    for (size_t i = 0; i < threads; i++)
+        start_thread(&ids[i], sleeper, NULL);
+    for (size_t i = 0; i < threads; i++)
+        pthread_join(ids[i], NULL);
+    uint64_t elapsed = bench_now_ns() - start;
+    unsigned threads_seen = bench_threads_stop();
+    bench_report("kjobs_per_s", (double)n / (double)elapsed * 1e6);
+    bench_report("efficiency",
+                 (double)n * (double)sleep_us * 1e3 / (double)threads / (double)elapsed);
+    bench_report("threads", threads_seen);
+}
+
+int main(int argc, char **argv) {
+    static const struct bench_mode modes[] = {
+        {"create", create}, {"condvar", condvar}, {"spin", spin}, {"sleep", dedicated_sleepers}};
+    return bench_main(argc, argv, modes, sizeof modes / sizeof modes[0]);
+}
