@@ -63,6 +63,13 @@ void bench_fail(const char *fmt, ...) {
     exit(1);
 }
 
+void *bench_calloc(size_t n, size_t size) {
+    void *p = calloc(n, size);
+    if (!p)
+        bench_fail("out of memory (%zu x %zu bytes)", n, size);
+    return p;
+}
+
 void bench_report(const char *name, double value) {
     printf("%s %.6g\n", name, value);
     fflush(stdout);
@@ -169,6 +176,77 @@ unsigned bench_threads_stop(void) {
     if (now > sampler_peak)
         sampler_peak = now;
     return sampler_peak - 2;
+}
+
+size_t bench_round_trips(uint64_t (*one)(uint64_t *end)) {
+    size_t n = bench_arg("n", 20000), warmup = bench_arg("warmup", 1000);
+    bench_args_done();
+    uint64_t *rtt = bench_calloc(n, sizeof *rtt), *wake = bench_calloc(n, sizeof *wake);
+    double cpu = 0;
+    for (size_t i = 0; i < warmup + n; i++) {
+        uint64_t end = 0;
+        if (i == warmup)
+            cpu = bench_cpu_s();
+        uint64_t start = bench_now_ns();
+        uint64_t woke = one(&end);
+        if (end == 0)
+            bench_fail("the job did not run");
+        if (i >= warmup) {
+            rtt[i - warmup] = woke - start;
+            wake[i - warmup] = woke - end;
+        }
+    }
+    cpu = bench_cpu_s() - cpu;
+    bench_report_latency("rt", rtt, n);
+    bench_report_latency("wake", wake, n);
+    bench_report("cpu_us_per_op", cpu * 1e6 / (double)n);
+    free(rtt);
+    free(wake);
+    return warmup + n;
+}
+
+struct bench_jobs bench_jobs_args(void) {
+    struct bench_jobs jobs;
+    jobs.n = bench_arg("n", 1000000);
+    jobs.window = bench_arg("window", jobs.n);
+    jobs.threads = bench_arg("threads", 0);
+    bench_args_done();
+    if (jobs.window == 0 || jobs.window > jobs.n)
+        bench_fail("window must be in 1..n");
+    return jobs;
+}
+
+void bench_report_jobs(size_t n, uint64_t elapsed_ns, double cpu_s, unsigned threads) {
+    bench_report("mops", (double)n / (double)elapsed_ns * 1e3);
+    bench_report("cpu_s", cpu_s);
+    bench_report("threads", threads);
+}
+
+struct bench_sleeps bench_sleeps_args(void) {
+    struct bench_sleeps s;
+    s.n = bench_arg("n", 25600);
+    s.threads = bench_arg("threads", 64);
+    s.sleep_us = bench_arg("sleep_us", 1000);
+    bench_args_done();
+    if (s.threads == 0)
+        bench_fail("threads must be at least 1");
+    return s;
+}
+
+void bench_report_sleeps(const struct bench_sleeps *s, uint64_t elapsed_ns, unsigned threads) {
+    bench_report("kjobs_per_s", (double)s->n / (double)elapsed_ns * 1e6);
+    bench_report("efficiency", (double)s->n * (double)s->sleep_us * 1e3 / (double)s->threads /
+                                   (double)elapsed_ns);
+    bench_report("threads", threads);
+}
+
+void bench_report_timers(const struct bench_timers *t) {
+    bench_report("wall_s", (double)(t->last_fire_ns - t->start_ns) / 1e9);
+    bench_report("submit_s", (double)(t->submitted_ns - t->start_ns) / 1e9);
+    bench_report("bytes_per_timer", (double)(t->peak_rss_kib - t->rss_kib) * 1024.0 / (double)t->n);
+    bench_report("late_mean_ms", (double)t->late_sum_ns / (double)t->n / 1e6);
+    bench_report("late_max_ms", (double)t->late_max_ns / 1e6);
+    bench_report("threads", t->threads);
 }
 
 uint64_t bench_delay_ms(uint64_t i, uint64_t min_ms, uint64_t max_ms) {

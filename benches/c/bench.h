@@ -26,6 +26,8 @@ void bench_args_done(void);
 
 /* Prints a message to stderr and exits with status 1. */
 void bench_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* calloc that exits on failure. */
+void *bench_calloc(size_t n, size_t size);
 /* Prints `name value`. */
 void bench_report(const char *name, double value);
 /* Sorts `ns` and prints `<prefix>_p50_us`, `<prefix>_p99_us` and `<prefix>_mean_us`. */
@@ -46,6 +48,41 @@ void bench_threads_start(void);
 /* Stops sampling; returns the most threads seen, not counting the main thread and the
  * sampler. */
 unsigned bench_threads_stop(void);
+
+/* Round trips. `one` submits a job that stamps its end into `*end`, waits for it, and returns
+ * the time the waiting thread ran again. Reads n= and warmup=, makes `warmup` unmeasured round
+ * trips then n measured ones, and prints rt_* and wake_* latencies (bench_report_latency) and
+ * cpu_us_per_op, the process's CPU time per round trip. Returns how many round trips it made. */
+size_t bench_round_trips(uint64_t (*one)(uint64_t *end));
+
+/* The arguments of a throughput case: n= jobs, at most window= outstanding (default n),
+ * threads= (0: the peer's default). Checks them and that no other was given. */
+struct bench_jobs {
+    size_t n, window;
+    uint64_t threads;
+};
+struct bench_jobs bench_jobs_args(void);
+/* Prints mops, cpu_s and threads. */
+void bench_report_jobs(size_t n, uint64_t elapsed_ns, double cpu_s, unsigned threads);
+
+/* The arguments of the sleeping-jobs case: n= jobs that each sleep sleep_us= on threads=. */
+struct bench_sleeps {
+    size_t n;
+    uint64_t threads, sleep_us;
+};
+struct bench_sleeps bench_sleeps_args(void);
+/* Prints kjobs_per_s, efficiency (the fraction of n * sleep_us / threads) and threads. */
+void bench_report_sleeps(const struct bench_sleeps *s, uint64_t elapsed_ns, unsigned threads);
+
+/* What a timer case saw, printed by bench_report_timers as wall_s (first start to last fire),
+ * submit_s, bytes_per_timer (peak RSS growth over n), late_mean_ms, late_max_ms, threads. */
+struct bench_timers {
+    size_t n;
+    uint64_t start_ns, submitted_ns, last_fire_ns, rss_kib, peak_rss_kib, late_sum_ns,
+        late_max_ns;
+    unsigned threads;
+};
+void bench_report_timers(const struct bench_timers *t);
 
 /* The delay of timer `i`, uniform in [min_ms, max_ms]: the same sequence in every program
  * (splitmix64 of i), the native Tokio one included. */

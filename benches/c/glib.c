@@ -11,7 +11,6 @@
 #define _GNU_SOURCE
 #include <glib.h>
 #include <stdatomic.h>
-#include <stdlib.h>
 
 #include "bench.h"
 
@@ -29,54 +28,44 @@ static void push(GThreadPool *pool, gpointer data) {
         bench_fail("g_thread_pool_push: %s", error->message);
 }
 
+/* The round trip's job: stamps its end, then signals the waiting thread. */
 struct stamped {
     GMutex lock;
     GCond done_cond;
     int done;
-    uint64_t end;
+    uint64_t *end;
 };
+
+static struct stamped stamped;
+static GThreadPool *round_trip_pool;
 
 static void stamp_end(gpointer data, gpointer user) {
     struct stamped *s = data;
     (void)user;
-    s->end = bench_now_ns();
+    *s->end = bench_now_ns();
     g_mutex_lock(&s->lock);
     s->done = 1;
     g_cond_signal(&s->done_cond);
     g_mutex_unlock(&s->lock);
 }
 
+static uint64_t round_trip(uint64_t *end) {
+    stamped.end = end;
+    stamped.done = 0;
+    push(round_trip_pool, &stamped);
+    g_mutex_lock(&stamped.lock);
+    while (!stamped.done)
+        g_cond_wait(&stamped.done_cond, &stamped.lock);
+    g_mutex_unlock(&stamped.lock);
+    return bench_now_ns();
+}
+
 static void roundtrip(void) {
-    size_t n = bench_arg("n", 20000), warmup = bench_arg("warmup", 1000);
-    bench_args_done();
-    GThreadPool *pool = pool_new(stamp_end, 0);
-    uint64_t *rtt = g_new(uint64_t, n), *wake = g_new(uint64_t, n);
-    struct stamped s;
-    g_mutex_init(&s.lock);
-    g_cond_init(&s.done_cond);
-    double cpu = 0;
-    for (size_t i = 0; i < warmup + n; i++) {
-        if (i == warmup)
-            cpu = bench_cpu_s();
-        s.done = 0;
-        s.end = 0;
-        uint64_t start = bench_now_ns();
-        push(pool, &s);
-        g_mutex_lock(&s.lock);
-        while (!s.done)
-            g_cond_wait(&s.done_cond, &s.lock);
-        g_mutex_unlock(&s.lock);
-        uint64_t woke = bench_now_ns();
-        if (i >= warmup) {
-            rtt[i - warmup] = woke - start;
-            wake[i - warmup] = woke - s.end;
-        }
-    }
-    cpu = bench_cpu_s() - cpu;
-    g_thread_pool_free(pool, FALSE, TRUE);
-    bench_report_latency("rt", rtt, n);
-    bench_report_latency("wake", wake, n);
-    bench_report("cpu_us_per_op", cpu * 1e6 / (double)n);
+    g_mutex_init(&stamped.lock);
+    g_cond_init(&stamped.done_cond);
+    round_trip_pool = pool_new(stamp_end, 0);
+    bench_round_trips(round_trip);
+    g_thread_pool_free(round_trip_pool, FALSE, TRUE);
 }
 
 /* Jobs done so far; a job whose count reaches `wake_at` wakes the submitting thread. */
@@ -126,33 +115,20 @@ static uint64_t run_jobs(size_t n, size_t window, uint64_t threads) {
 }
 
 static void noop(void) {
-    size_t n = bench_arg("n", 1000000), window = bench_arg("window", n);
-    uint64_t threads = bench_arg("threads", 0);
-    bench_args_done();
-    if (window == 0 || window > n)
-        bench_fail("window must be in 1..n");
+    struct bench_jobs jobs = bench_jobs_args();
     bench_threads_start();
     double cpu = bench_cpu_s();
-    uint64_t elapsed = run_jobs(n, window, threads);
+    uint64_t elapsed = run_jobs(jobs.n, jobs.window, jobs.threads);
     cpu = bench_cpu_s() - cpu;
-    unsigned threads_seen = bench_threads_stop();
-    bench_report("mops", (double)n / (double)elapsed * 1e3);
-    bench_report("cpu_s", cpu);
-    bench_report("threads", threads_seen);
+    bench_report_jobs(jobs.n, elapsed, cpu, bench_threads_stop());
 }
 
 static void sleep_jobs(void) {
-    size_t n = bench_arg("n", 25600);
-    uint64_t threads = bench_arg("threads", 64);
-    sleep_us = bench_arg("sleep_us", 1000);
-    bench_args_done();
+    struct bench_sleeps s = bench_sleeps_args();
+    sleep_us = s.sleep_us;
     bench_threads_start();
-    uint64_t elapsed = run_jobs(n, n, threads);
-    unsigned threads_seen = bench_threads_stop();
-    bench_report("kjobs_per_s", (double)n / (double)elapsed * 1e6);
-    bench_report("efficiency",
-                 (double)n * (double)sleep_us * 1e3 / (double)threads / (double)elapsed);
-    bench_report("threads", threads_seen);
+    uint64_t elapsed = run_jobs(s.n, s.n, s.threads);
+    bench_report_sleeps(&s, elapsed, bench_threads_stop());
 }
 
 int main(int argc, char **argv) {

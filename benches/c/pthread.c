@@ -16,51 +16,9 @@
 
 #include "bench.h"
 
-static uint64_t *alloc_samples(size_t n) {
-    uint64_t *p = calloc(n, sizeof *p);
-    if (!p)
-        bench_fail("out of memory");
-    return p;
-}
-
 static void start_thread(pthread_t *thread, void *(*run)(void *), void *arg) {
     if (pthread_create(thread, NULL, run, arg) != 0)
         bench_fail("pthread_create");
-}
-
-/* One measured round trip: returns when the other side has stamped `end` and the caller is
- * awake again. */
-typedef void (*round_trip_fn)(uint64_t *end);
-
-static size_t samples, warmup;
-
-static void measure(round_trip_fn round_trip) {
-    uint64_t *rtt = alloc_samples(samples), *wake = alloc_samples(samples);
-    double cpu = 0;
-    for (size_t i = 0; i < warmup + samples; i++) {
-        uint64_t end = 0;
-        if (i == warmup)
-            cpu = bench_cpu_s();
-        uint64_t start = bench_now_ns();
-        round_trip(&end);
-        uint64_t woke = bench_now_ns();
-        if (end == 0)
-            bench_fail("the other thread did not run");
-        if (i >= warmup) {
-            rtt[i - warmup] = woke - start;
-            wake[i - warmup] = woke - end;
-        }
-    }
-    cpu = bench_cpu_s() - cpu;
-    bench_report_latency("rt", rtt, samples);
-    bench_report_latency("wake", wake, samples);
-    bench_report("cpu_us_per_op", cpu * 1e6 / (double)samples);
-}
-
-static void read_round_trip_args(void) {
-    samples = bench_arg("n", 20000);
-    warmup = bench_arg("warmup", 1000);
-    bench_args_done();
 }
 
 static void *stamp_end(void *arg) {
@@ -68,16 +26,14 @@ static void *stamp_end(void *arg) {
     return NULL;
 }
 
-static void create_join(uint64_t *end) {
+static uint64_t create_join(uint64_t *end) {
     pthread_t thread;
     start_thread(&thread, stamp_end, end);
     pthread_join(thread, NULL);
+    return bench_now_ns();
 }
 
-static void create(void) {
-    read_round_trip_args();
-    measure(create_join);
-}
+static void create(void) { bench_round_trips(create_join); }
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t request_cond = PTHREAD_COND_INITIALIZER;
@@ -102,7 +58,7 @@ static void *condvar_server(void *arg) {
     return NULL;
 }
 
-static void condvar_round_trip(uint64_t *end) {
+static uint64_t condvar_round_trip(uint64_t *end) {
     pthread_mutex_lock(&lock);
     request = end;
     replied = 0;
@@ -110,13 +66,13 @@ static void condvar_round_trip(uint64_t *end) {
     while (!replied)
         pthread_cond_wait(&reply_cond, &lock);
     pthread_mutex_unlock(&lock);
+    return bench_now_ns();
 }
 
 static void condvar(void) {
     pthread_t server;
-    read_round_trip_args();
     start_thread(&server, condvar_server, NULL);
-    measure(condvar_round_trip);
+    bench_round_trips(condvar_round_trip);
     pthread_mutex_lock(&lock);
     quit = 1;
     pthread_cond_signal(&request_cond);
@@ -140,18 +96,18 @@ static void *spin_server(void *arg) {
     return NULL;
 }
 
-static void spin_round_trip(uint64_t *end) {
+static uint64_t spin_round_trip(uint64_t *end) {
     atomic_store_explicit(&spin_replied, false, memory_order_relaxed);
     atomic_store_explicit(&spin_request, end, memory_order_release);
     while (!atomic_load_explicit(&spin_replied, memory_order_acquire)) {
     }
+    return bench_now_ns();
 }
 
 static void spin(void) {
     pthread_t server;
-    read_round_trip_args();
     start_thread(&server, spin_server, NULL);
-    measure(spin_round_trip);
+    bench_round_trips(spin_round_trip);
     atomic_store_explicit(&spin_quit, true, memory_order_release);
     pthread_join(server, NULL);
 }
@@ -167,26 +123,19 @@ static void *sleeper(void *arg) {
 }
 
 static void dedicated_sleepers(void) {
-    size_t n = bench_arg("n", 25600);
-    size_t threads = bench_arg("threads", 64);
-    sleep_us = bench_arg("sleep_us", 1000);
-    bench_args_done();
-    pthread_t *ids = calloc(threads, sizeof *ids);
-    if (!ids || threads == 0)
-        bench_fail("threads must be at least 1");
-    atomic_store(&sleeps_left, (long long)n);
+    struct bench_sleeps s = bench_sleeps_args();
+    pthread_t *ids = bench_calloc(s.threads, sizeof *ids);
+    sleep_us = s.sleep_us;
+    atomic_store(&sleeps_left, (long long)s.n);
     bench_threads_start();
     uint64_t start = bench_now_ns();
-    for (size_t i = 0; i < threads; i++)
+    for (size_t i = 0; i < s.threads; i++)
         start_thread(&ids[i], sleeper, NULL);
-    for (size_t i = 0; i < threads; i++)
+    for (size_t i = 0; i < s.threads; i++)
         pthread_join(ids[i], NULL);
     uint64_t elapsed = bench_now_ns() - start;
-    unsigned threads_seen = bench_threads_stop();
-    bench_report("kjobs_per_s", (double)n / (double)elapsed * 1e6);
-    bench_report("efficiency",
-                 (double)n * (double)sleep_us * 1e3 / (double)threads / (double)elapsed);
-    bench_report("threads", threads_seen);
+    bench_report_sleeps(&s, elapsed, bench_threads_stop());
+    free(ids);
 }
 
 int main(int argc, char **argv) {

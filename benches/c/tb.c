@@ -1,12 +1,12 @@
 /* tokio-bridge from C: every figure of the suite through the public API only.
  *
- *   bench_tb roundtrip n= warmup=     one no-op job at a time: submit, tb_task_wait
- *   bench_tb noop n= window= threads=  n no-op jobs, at most `window` outstanding
- *   bench_tb sleep n= threads= sleep_us=  n jobs that sleep, on `threads` blocking threads
- *   bench_tb timers n= min_ms= max_ms=    n one-shot timers with random delays, all at once
- *   bench_tb complete n= warmup=      job end to tb_task_on_complete callback
- *   bench_tb calls n=                 calls that do no work, in ns
- *   bench_tb idle ms=                 CPU used by an idle runtime after a burst
+ *   bench_tb roundtrip n= warmup=          one no-op job at a time: submit, tb_task_wait
+ *   bench_tb noop n= window= threads=      n no-op jobs, at most `window` outstanding
+ *   bench_tb sleep n= threads= sleep_us=   n jobs that sleep, on `threads` blocking threads
+ *   bench_tb timers n= min_ms= max_ms=     n one-shot timers with random delays, all at once
+ *   bench_tb complete n= warmup=           job end to tb_task_on_complete callback
+ *   bench_tb calls n=                      calls that do no work, in ns
+ *   bench_tb idle ms= burst=               CPU used by an idle runtime after a burst
  *
  * threads=0 is the library's default configuration (tb_runtime_new with NULL). */
 
@@ -15,7 +15,6 @@
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
@@ -57,13 +56,6 @@ static void finish(tb_task t) {
     check(tb_task_release(t), "tb_task_release");
 }
 
-static void *xmalloc(size_t size) {
-    void *p = malloc(size);
-    if (!p)
-        bench_fail("out of memory (%zu bytes)", size);
-    return p;
-}
-
 static int32_t nothing(void *arg, tb_job *job) {
     (void)arg;
     (void)job;
@@ -87,44 +79,28 @@ static void check_completed(tb_runtime rt, uint64_t jobs) {
                    (unsigned long long)jobs);
 }
 
+static tb_runtime runtime_in_use;
+
+static uint64_t round_trip(uint64_t *end) {
+    tb_task t = spawn(runtime_in_use, stamp_end, end);
+    check(tb_task_wait(t, TB_FOREVER), "tb_task_wait");
+    uint64_t woke = bench_now_ns();
+    check(tb_task_release(t), "tb_task_release");
+    return woke;
+}
+
 static void roundtrip(void) {
-    size_t n = bench_arg("n", 20000), warmup = bench_arg("warmup", 1000);
-    bench_args_done();
-    tb_runtime rt = runtime(0);
-    uint64_t *rtt = xmalloc(n * sizeof *rtt), *wake = xmalloc(n * sizeof *wake);
-    double cpu = 0;
-    for (size_t i = 0; i < warmup + n; i++) {
-        uint64_t end = 0;
-        if (i == warmup)
-            cpu = bench_cpu_s();
-        uint64_t start = bench_now_ns();
-        tb_task t = spawn(rt, stamp_end, &end);
-        check(tb_task_wait(t, TB_FOREVER), "tb_task_wait");
-        uint64_t woke = bench_now_ns();
-        check(tb_task_release(t), "tb_task_release");
-        if (end == 0)
-            bench_fail("the job did not run");
-        if (i >= warmup) {
-            rtt[i - warmup] = woke - start;
-            wake[i - warmup] = woke - end;
-        }
-    }
-    cpu = bench_cpu_s() - cpu;
-    check_completed(rt, warmup + n);
-    shutdown(rt);
-    bench_report_latency("rt", rtt, n);
-    bench_report_latency("wake", wake, n);
-    bench_report("cpu_us_per_op", cpu * 1e6 / (double)n);
+    runtime_in_use = runtime(0);
+    size_t made = bench_round_trips(round_trip);
+    check_completed(runtime_in_use, made);
+    shutdown(runtime_in_use);
 }
 
 static void noop(void) {
-    size_t n = bench_arg("n", 1000000), window = bench_arg("window", n);
-    uint64_t threads = bench_arg("threads", 0);
-    bench_args_done();
-    if (window == 0 || window > n)
-        bench_fail("window must be in 1..n");
-    tb_runtime rt = runtime(threads);
-    tb_task *ring = xmalloc(window * sizeof *ring);
+    struct bench_jobs jobs = bench_jobs_args();
+    size_t n = jobs.n, window = jobs.window;
+    tb_runtime rt = runtime(jobs.threads);
+    tb_task *ring = bench_calloc(window, sizeof *ring);
     bench_threads_start();
     double cpu = bench_cpu_s();
     uint64_t start = bench_now_ns();
@@ -134,16 +110,14 @@ static void noop(void) {
             finish(*slot);
         *slot = spawn(rt, nothing, NULL);
     }
-    for (size_t i = n > window ? n - window : 0; i < n; i++)
+    for (size_t i = n - window; i < n; i++)
         finish(ring[i % window]);
     uint64_t elapsed = bench_now_ns() - start;
     cpu = bench_cpu_s() - cpu;
-    unsigned threads_seen = bench_threads_stop();
+    unsigned threads = bench_threads_stop();
     check_completed(rt, n);
     shutdown(rt);
-    bench_report("mops", (double)n / (double)elapsed * 1e3);
-    bench_report("cpu_s", cpu);
-    bench_report("threads", threads_seen);
+    bench_report_jobs(n, elapsed, cpu, threads);
 }
 
 static int32_t sleeper(void *arg, tb_job *job) {
@@ -153,24 +127,20 @@ static int32_t sleeper(void *arg, tb_job *job) {
 }
 
 static void sleep_jobs(void) {
-    size_t n = bench_arg("n", 25600);
-    uint64_t threads = bench_arg("threads", 64), us = bench_arg("sleep_us", 1000);
-    bench_args_done();
-    tb_runtime rt = runtime(threads);
-    tb_task *tasks = xmalloc(n * sizeof *tasks);
+    struct bench_sleeps s = bench_sleeps_args();
+    tb_runtime rt = runtime(s.threads);
+    tb_task *tasks = bench_calloc(s.n, sizeof *tasks);
     bench_threads_start();
     uint64_t start = bench_now_ns();
-    for (size_t i = 0; i < n; i++)
-        tasks[i] = spawn(rt, sleeper, &us);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < s.n; i++)
+        tasks[i] = spawn(rt, sleeper, &s.sleep_us);
+    for (size_t i = 0; i < s.n; i++)
         finish(tasks[i]);
     uint64_t elapsed = bench_now_ns() - start;
-    unsigned threads_seen = bench_threads_stop();
-    check_completed(rt, n);
+    unsigned threads = bench_threads_stop();
+    check_completed(rt, s.n);
     shutdown(rt);
-    bench_report("kjobs_per_s", (double)n / (double)elapsed * 1e6);
-    bench_report("efficiency", (double)n * (double)us * 1e3 / (double)threads / (double)elapsed);
-    bench_report("threads", threads_seen);
+    bench_report_sleeps(&s, elapsed, threads);
 }
 
 /* What the timers saw when they fired, kept per thread so that the workers firing timers do
@@ -231,7 +201,7 @@ static struct fired_total fired_total(void) {
 }
 
 static void timers(void) {
-    size_t n = bench_arg("n", 1000000);
+    struct bench_timers r = {.n = bench_arg("n", 1000000)};
     uint64_t min_ms = bench_arg("min_ms", 10), max_ms = bench_arg("max_ms", 1000);
     bench_args_done();
     tb_runtime rt = runtime(0);
@@ -239,29 +209,27 @@ static void timers(void) {
     check(tb_sleep(rt, 1, &warm), "tb_sleep");
     finish(warm);
     bench_threads_start();
-    uint64_t rss = bench_rss_kib();
-    tb_task *tasks = xmalloc(n * sizeof *tasks);
-    uint64_t start = bench_now_ns();
-    for (size_t i = 0; i < n; i++) {
+    r.rss_kib = bench_rss_kib();
+    tb_task *tasks = bench_calloc(r.n, sizeof *tasks);
+    r.start_ns = bench_now_ns();
+    for (size_t i = 0; i < r.n; i++) {
         uint64_t delay = bench_delay_ms(i, min_ms, max_ms);
         void *due = (void *)(uintptr_t)(bench_now_ns() + delay * 1000000);
         check(tb_timer_start(rt, delay, 0, fire, due, NULL, &tasks[i]), "tb_timer_start");
     }
-    uint64_t submitted = bench_now_ns();
-    while (fired_total().count < n)
+    r.submitted_ns = bench_now_ns();
+    while (fired_total().count < r.n)
         bench_sleep_us(1000);
-    uint64_t peak = bench_peak_rss_kib();
-    unsigned threads_seen = bench_threads_stop();
-    for (size_t i = 0; i < n; i++)
+    r.peak_rss_kib = bench_peak_rss_kib();
+    r.threads = bench_threads_stop();
+    for (size_t i = 0; i < r.n; i++)
         finish(tasks[i]);
     shutdown(rt);
     struct fired_total total = fired_total();
-    bench_report("wall_s", (double)(total.last_ns - start) / 1e9);
-    bench_report("submit_s", (double)(submitted - start) / 1e9);
-    bench_report("bytes_per_timer", (double)(peak - rss) * 1024.0 / (double)n);
-    bench_report("late_mean_ms", (double)total.late_sum_ns / (double)n / 1e6);
-    bench_report("late_max_ms", (double)total.late_max_ns / 1e6);
-    bench_report("threads", threads_seen);
+    r.last_fire_ns = total.last_ns;
+    r.late_sum_ns = total.late_sum_ns;
+    r.late_max_ns = total.late_max_ns;
+    bench_report_timers(&r);
 }
 
 struct completion {
@@ -293,7 +261,7 @@ static void complete(void) {
     size_t n = bench_arg("n", 20000), warmup = bench_arg("warmup", 1000);
     bench_args_done();
     tb_runtime rt = runtime(0);
-    uint64_t *latency = xmalloc(n * sizeof *latency);
+    uint64_t *latency = bench_calloc(n, sizeof *latency);
     for (size_t i = 0; i < warmup + n; i++) {
         struct completion c = {.end = 0, .called = 0};
         atomic_init(&c.registered, false);
@@ -375,7 +343,7 @@ static void idle(void) {
     size_t burst = bench_arg("burst", 10000);
     bench_args_done();
     tb_runtime rt = runtime(0);
-    tb_task *tasks = xmalloc(burst * sizeof *tasks);
+    tb_task *tasks = bench_calloc(burst, sizeof *tasks);
     for (size_t i = 0; i < burst; i++)
         tasks[i] = spawn(rt, nothing, NULL);
     for (size_t i = 0; i < burst; i++)

@@ -22,13 +22,6 @@ static void check(int status, const char *what) {
         bench_fail("%s: %s", what, uv_strerror(status));
 }
 
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n, size);
-    if (!p)
-        bench_fail("out of memory (%zu x %zu bytes)", n, size);
-    return p;
-}
-
 static void set_pool_size(uint64_t threads) {
     char value[32];
     if (threads == 0)
@@ -39,44 +32,32 @@ static void set_pool_size(uint64_t threads) {
 
 struct stamped {
     uv_work_t req;
-    uint64_t end;
+    uint64_t *end_slot;
     uint64_t woke;
 };
 
-static void work_stamp(uv_work_t *req) { ((struct stamped *)req)->end = bench_now_ns(); }
+static struct stamped stamped;
+
+static void work_stamp(uv_work_t *req) { *((struct stamped *)req)->end_slot = bench_now_ns(); }
 
 static void after_stamp(uv_work_t *req, int status) {
     check(status, "work request");
     ((struct stamped *)req)->woke = bench_now_ns();
 }
 
-static void roundtrip(void) {
-    size_t n = bench_arg("n", 20000), warmup = bench_arg("warmup", 1000);
-    bench_args_done();
+static uint64_t round_trip(uint64_t *end) {
     uv_loop_t *loop = uv_default_loop();
-    uint64_t *rtt = xcalloc(n, sizeof *rtt), *wake = xcalloc(n, sizeof *wake);
-    struct stamped s;
-    double cpu = 0;
-    for (size_t i = 0; i < warmup + n; i++) {
-        if (i == warmup)
-            cpu = bench_cpu_s();
-        s.end = s.woke = 0;
-        uint64_t start = bench_now_ns();
-        check(uv_queue_work(loop, &s.req, work_stamp, after_stamp), "uv_queue_work");
-        while (s.woke == 0)
-            uv_run(loop, UV_RUN_ONCE);
-        if (s.end == 0)
-            bench_fail("the work callback did not run");
-        if (i >= warmup) {
-            rtt[i - warmup] = s.woke - start;
-            wake[i - warmup] = s.woke - s.end;
-        }
-    }
-    cpu = bench_cpu_s() - cpu;
-    check(uv_loop_close(loop), "uv_loop_close");
-    bench_report_latency("rt", rtt, n);
-    bench_report_latency("wake", wake, n);
-    bench_report("cpu_us_per_op", cpu * 1e6 / (double)n);
+    stamped.end_slot = end;
+    stamped.woke = 0;
+    check(uv_queue_work(loop, &stamped.req, work_stamp, after_stamp), "uv_queue_work");
+    while (stamped.woke == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    return stamped.woke;
+}
+
+static void roundtrip(void) {
+    bench_round_trips(round_trip);
+    check(uv_loop_close(uv_default_loop()), "uv_loop_close");
 }
 
 static size_t jobs, submitted, completed;
@@ -103,7 +84,7 @@ static void after_job(uv_work_t *req, int status) {
 /* Runs `n` jobs with at most `window` outstanding; returns the elapsed ns. */
 static uint64_t run_jobs(size_t n, size_t window) {
     uv_loop_t *loop = uv_default_loop();
-    uv_work_t *reqs = xcalloc(window, sizeof *reqs);
+    uv_work_t *reqs = bench_calloc(window, sizeof *reqs);
     jobs = n;
     uint64_t start = bench_now_ns();
     for (submitted = 0; submitted < window;) {
@@ -122,35 +103,22 @@ static uint64_t run_jobs(size_t n, size_t window) {
 }
 
 static void noop(void) {
-    size_t n = bench_arg("n", 1000000), window = bench_arg("window", n);
-    uint64_t threads = bench_arg("threads", 0);
-    bench_args_done();
-    if (window == 0 || window > n)
-        bench_fail("window must be in 1..n");
-    set_pool_size(threads);
+    struct bench_jobs jobs = bench_jobs_args();
+    set_pool_size(jobs.threads);
     bench_threads_start();
     double cpu = bench_cpu_s();
-    uint64_t elapsed = run_jobs(n, window);
+    uint64_t elapsed = run_jobs(jobs.n, jobs.window);
     cpu = bench_cpu_s() - cpu;
-    unsigned threads_seen = bench_threads_stop();
-    bench_report("mops", (double)n / (double)elapsed * 1e3);
-    bench_report("cpu_s", cpu);
-    bench_report("threads", threads_seen);
+    bench_report_jobs(jobs.n, elapsed, cpu, bench_threads_stop());
 }
 
 static void sleep_jobs(void) {
-    size_t n = bench_arg("n", 25600);
-    uint64_t threads = bench_arg("threads", 64);
-    sleep_us = bench_arg("sleep_us", 1000);
-    bench_args_done();
-    set_pool_size(threads);
+    struct bench_sleeps s = bench_sleeps_args();
+    sleep_us = s.sleep_us;
+    set_pool_size(s.threads);
     bench_threads_start();
-    uint64_t elapsed = run_jobs(n, n);
-    unsigned threads_seen = bench_threads_stop();
-    bench_report("kjobs_per_s", (double)n / (double)elapsed * 1e6);
-    bench_report("efficiency",
-                 (double)n * (double)sleep_us * 1e3 / (double)threads / (double)elapsed);
-    bench_report("threads", threads_seen);
+    uint64_t elapsed = run_jobs(s.n, s.n);
+    bench_report_sleeps(&s, elapsed, bench_threads_stop());
 }
 
 static size_t fired;
@@ -168,15 +136,15 @@ static void fire(uv_timer_t *timer) {
 }
 
 static void timers(void) {
-    size_t n = bench_arg("n", 1000000);
+    struct bench_timers r = {.n = bench_arg("n", 1000000)};
     uint64_t min_ms = bench_arg("min_ms", 10), max_ms = bench_arg("max_ms", 1000);
     bench_args_done();
     uv_loop_t *loop = uv_default_loop();
     bench_threads_start();
-    uint64_t rss = bench_rss_kib();
-    uv_timer_t *handles = xcalloc(n, sizeof *handles);
-    uint64_t start = bench_now_ns();
-    for (size_t i = 0; i < n; i++) {
+    r.rss_kib = bench_rss_kib();
+    uv_timer_t *handles = bench_calloc(r.n, sizeof *handles);
+    r.start_ns = bench_now_ns();
+    for (size_t i = 0; i < r.n; i++) {
         uint64_t delay = bench_delay_ms(i, min_ms, max_ms);
         /* Like the others, each timer is due `delay` after its own start call: the loop's
            cached time is brought up to date first. */
@@ -185,22 +153,20 @@ static void timers(void) {
         check(uv_timer_init(loop, &handles[i]), "uv_timer_init");
         check(uv_timer_start(&handles[i], fire, delay, 0), "uv_timer_start");
     }
-    uint64_t submitted_at = bench_now_ns();
+    r.submitted_ns = bench_now_ns();
     uv_run(loop, UV_RUN_DEFAULT);
-    uint64_t peak = bench_peak_rss_kib();
-    unsigned threads_seen = bench_threads_stop();
-    if (fired != n)
-        bench_fail("%zu timers fired, expected %zu", fired, n);
-    for (size_t i = 0; i < n; i++)
+    r.peak_rss_kib = bench_peak_rss_kib();
+    r.threads = bench_threads_stop();
+    if (fired != r.n)
+        bench_fail("%zu timers fired, expected %zu", fired, r.n);
+    for (size_t i = 0; i < r.n; i++)
         uv_close((uv_handle_t *)&handles[i], NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     check(uv_loop_close(loop), "uv_loop_close");
-    bench_report("wall_s", (double)(last_fire_ns - start) / 1e9);
-    bench_report("submit_s", (double)(submitted_at - start) / 1e9);
-    bench_report("bytes_per_timer", (double)(peak - rss) * 1024.0 / (double)n);
-    bench_report("late_mean_ms", (double)late_sum_ns / (double)n / 1e6);
-    bench_report("late_max_ms", (double)late_max_ns / 1e6);
-    bench_report("threads", threads_seen);
+    r.last_fire_ns = last_fire_ns;
+    r.late_sum_ns = late_sum_ns;
+    r.late_max_ns = late_max_ns;
+    bench_report_timers(&r);
 }
 
 int main(int argc, char **argv) {
