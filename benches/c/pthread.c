@@ -41,28 +41,34 @@ static pthread_cond_t reply_cond = PTHREAD_COND_INITIALIZER;
 static uint64_t *request; /* the slot to stamp; NULL when there is no request */
 static int replied, quit;
 
+/* Both sides signal after unlocking, so that the woken thread does not wake only to wait for
+ * the mutex. */
 static void *condvar_server(void *arg) {
     (void)arg;
-    pthread_mutex_lock(&lock);
     for (;;) {
+        pthread_mutex_lock(&lock);
         while (!request && !quit)
             pthread_cond_wait(&request_cond, &lock);
-        if (quit)
-            break;
-        *request = bench_now_ns();
+        uint64_t *slot = request;
         request = NULL;
+        pthread_mutex_unlock(&lock);
+        if (!slot)
+            return NULL;
+        *slot = bench_now_ns();
+        pthread_mutex_lock(&lock);
         replied = 1;
+        pthread_mutex_unlock(&lock);
         pthread_cond_signal(&reply_cond);
     }
-    pthread_mutex_unlock(&lock);
-    return NULL;
 }
 
 static uint64_t condvar_round_trip(uint64_t *end) {
     pthread_mutex_lock(&lock);
     request = end;
     replied = 0;
+    pthread_mutex_unlock(&lock);
     pthread_cond_signal(&request_cond);
+    pthread_mutex_lock(&lock);
     while (!replied)
         pthread_cond_wait(&reply_cond, &lock);
     pthread_mutex_unlock(&lock);
