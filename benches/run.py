@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The benchmark suite: tokio-bridge from C against native Tokio, libuv, GLib and pthreads.
 
-    python3 benches/run.py              the full suite, about 6 minutes on 2 cores
+    python3 benches/run.py              the full suite (10.5 minutes on 2 cores under a load
+                                        average of 6-17 from other jobs; less when quiet)
     python3 benches/run.py --quick      the CI guard: a smaller suite, tokio-bridge and Tokio
                                         only, that fails when a ratio falls below its floor in
-                                        benches/floors.toml (about 30 seconds)
+                                        benches/floors.toml (about 20 seconds)
 
 Options: --runs N (rounds, default 5), --out PREFIX (writes PREFIX.md and PREFIX.csv; default
 benches/results/bench-<time>), --only CASE[,CASE...] (only the cases whose id starts so),
