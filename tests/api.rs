@@ -235,7 +235,9 @@ fn a_timer_ticks_on_a_worker_until_its_callback_stops_it() {
 
 #[test]
 fn missed_ticks_are_delayed_not_burst() {
-    // The first tick blocks its worker for 100 ms, missing ten 10 ms periods.
+    // The first tick blocks its worker for 100 ms, missing ten 10 ms periods. Had the missed
+    // ticks been made up, the next ones would come back to back; delayed, the three after the
+    // slow one still span two periods (load can only stretch that).
     static TIMES: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
     unsafe extern "C" fn slow_first(_arg: *mut c_void, tick: u64) -> i32 {
         TIMES.lock().unwrap().push(Instant::now());
@@ -260,12 +262,10 @@ fn missed_ticks_are_delayed_not_burst() {
     );
     assert_eq!(outcome(t).ticks, 4);
     let times = TIMES.lock().unwrap();
-    for pair in times[1..].windows(2) {
-        assert!(
-            pair[1] - pair[0] >= Duration::from_millis(8),
-            "ticks burst: {times:?}"
-        );
-    }
+    assert!(
+        times[3] - times[1] >= Duration::from_millis(19),
+        "ticks burst: {times:?}"
+    );
     shutdown(rt);
 }
 
