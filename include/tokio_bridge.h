@@ -259,6 +259,10 @@ typedef struct tb_metrics {
    * The longest such callback so far, in microseconds (including one still running).
    */
   uint64_t longest_stall_us;
+  /**
+   * The most blocking-pool threads alive at once since the runtime started.
+   */
+  uint32_t blocking_threads_peak;
 } tb_metrics;
 
 /**

@@ -56,6 +56,8 @@ pub struct tb_metrics {
     pub stalls: u64,
     /// The longest such callback so far, in microseconds (including one still running).
     pub longest_stall_us: u64,
+    /// The most blocking-pool threads alive at once since the runtime started.
+    pub blocking_threads_peak: u32,
 }
 
 /// Counters shared by a runtime with its pool, its tasks and its watchdog.
@@ -122,6 +124,7 @@ pub extern "C" fn tb_runtime_metrics(rt: tb_runtime, out: *mut tb_metrics) -> tb
             queue_wait_max_us: c.queue_wait_max_us.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
             longest_stall_us: c.longest_stall_us.load(Ordering::Relaxed),
+            blocking_threads_peak: pool.peak_threads,
         };
         // SAFETY: `out` is non-NULL and has `size <= sizeof(tb_metrics)` bytes.
         unsafe { write_versioned(&metrics, out.cast(), size) };

@@ -35,6 +35,7 @@ struct State {
     queued: usize,
     running: usize,
     drainers: usize,
+    peak_drainers: usize,
     starting: usize,
     /// Drainers waiting on `work`, and how many of them were told to wake.
     idle: usize,
@@ -54,6 +55,7 @@ const STUCK_NS: u64 = 100_000;
 /// The pool's gauges at one moment.
 pub(crate) struct Snapshot {
     pub(crate) threads: u32,
+    pub(crate) peak_threads: u32,
     pub(crate) idle: u32,
     pub(crate) queued: u64,
     pub(crate) running: u64,
@@ -190,6 +192,7 @@ impl Pool {
             }
         }
         state.drainers += 1;
+        state.peak_drainers = state.peak_drainers.max(state.drainers);
         state.starting += 1;
         true
     }
@@ -325,6 +328,7 @@ impl Pool {
         let state = self.lock();
         Snapshot {
             threads: state.drainers as u32,
+            peak_threads: state.peak_drainers as u32,
             idle: state.idle as u32,
             queued: state.queued as u64,
             running: state.running as u64,

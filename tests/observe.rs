@@ -295,6 +295,7 @@ fn metrics_match_the_work_done_exactly() {
         (1, 1, 0)
     );
     assert_eq!((m.blocking_queued, m.blocking_running), (8, 1));
+    assert_eq!(m.blocking_threads_peak, 1, "max_blocking_threads = 1");
     assert_eq!(
         (m.jobs_submitted, m.jobs_completed, m.jobs_cancelled),
         (11, 0, 2)
