@@ -15,7 +15,8 @@
 //!   (more threads than CPUs cannot run quick jobs faster);
 //! - keep a drainer that runs out of work spinning for a few microseconds before it sleeps, so
 //!   that a job submitted right after the last one starts without waking a sleeping thread
-//!   (a futex wake-up on another CPU costs about 20 us).
+//!   (a futex wake-up on another CPU costs about 20 us); the spin adapts, shrinking when it
+//!   does not pay (see [`Spin`]).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
-use crate::sync::{lock, now_ns, wait_until};
+use crate::sync::{lock, now_ns, wait_until, Spin};
 use crate::task::Task;
 
 #[derive(Default)]
@@ -46,8 +47,9 @@ struct State {
     closed: bool,
 }
 
-/// How long a drainer without work spins before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a drainer without work spins before it sleeps: 2 to 50 us, adapting (see [`Spin`]).
+const SPIN_MIN_NS: u64 = 2_000;
+const SPIN_MAX_NS: u64 = 50_000;
 /// Past one drainer per CPU, the pool grows only for jobs this long (on average, or when none
 /// has ended for this long).
 const STUCK_NS: u64 = 100_000;
@@ -72,6 +74,8 @@ pub(crate) struct Pool {
     last_end_ns: AtomicU64,
     /// A moving average of how long jobs run, in ns.
     average_run_ns: AtomicU64,
+    /// How long an idle drainer spins before it sleeps.
+    spin: Spin,
     max_threads: usize,
     max_queued: usize,
     keep_alive: Duration,
@@ -96,6 +100,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             last_end_ns: AtomicU64::new(0),
             average_run_ns: AtomicU64::new(0),
+            spin: Spin::new(SPIN_MIN_NS, SPIN_MAX_NS),
             max_threads,
             max_queued,
             keep_alive,
@@ -292,15 +297,8 @@ impl Pool {
         }
         state.spinning += 1;
         drop(state);
-        let until = Instant::now() + SPIN;
-        'spin: while self.pending.load(Ordering::Acquire) == 0 {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                break 'spin;
-            }
-        }
+        self.spin
+            .spin(None, || self.pending.load(Ordering::Acquire) > 0);
         let mut state = self.lock();
         if state.spin_claims > 0 {
             state.spin_claims -= 1;

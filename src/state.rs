@@ -38,7 +38,7 @@ use crate::context;
 use crate::error::{Error, TB_ERR_ALREADY};
 use crate::queue::Queue;
 use crate::stall::{self, TB_STALL_COMPLETION};
-use crate::sync::{lock, wait_until};
+use crate::sync::{lock, wait_until, Spin};
 
 pub(crate) const QUEUED: u8 = 0;
 pub(crate) const RUNNING: u8 = 1;
@@ -47,8 +47,16 @@ const FINISHED: u8 = 3;
 const PHASE_MASK: u8 = 3;
 const CANCEL: u8 = 4;
 
-/// How long a waiter spins before it sleeps on the condition variable.
-const WAIT_SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+/// How long a thread spins in [`State::wait`] before it sleeps: 4 to 30 us.
+#[cfg(not(all(test, tb_loom)))]
+const WAIT_SPIN_NS: (u64, u64) = (4_000, 30_000);
+/// Loom explores every atomic load: model checks do not spin.
+#[cfg(all(test, tb_loom))]
+const WAIT_SPIN_NS: (u64, u64) = (0, 0);
+
+thread_local! {
+    static WAIT_SPIN: Spin = const { Spin::new(WAIT_SPIN_NS.0, WAIT_SPIN_NS.1) };
+}
 
 /// A completion callback and its argument.
 pub(crate) struct Callback {
@@ -292,19 +300,15 @@ impl State {
     /// Blocks until the task is finished or `deadline` passes (None: no limit). True if finished.
     ///
     /// It first spins for a few microseconds: a quick job often finishes meanwhile, and then
-    /// the waiter needs no futex wake-up from another CPU (about 20 us).
+    /// the waiter needs no futex wake-up from another CPU (about 20 us). The spin adapts per
+    /// thread (see [`Spin`]): on a busy machine, or for long tasks, it shrinks to a few
+    /// microseconds and leaves the CPU to the threads doing the work.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        let spin_until = Instant::now() + WAIT_SPIN;
-        let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
-        while !self.is_finished() {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= spin_until {
-                break;
-            }
-        }
         if self.is_finished() {
+            return true;
+        }
+        let caught = WAIT_SPIN.with(|spin| spin.spin(deadline, || self.is_finished()));
+        if caught {
             return true;
         }
         let mut inner = lock!(self.inner);

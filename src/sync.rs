@@ -40,6 +40,9 @@ macro_rules! wait_until {
 
 pub(crate) use {lock, wait_until};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 /// Nanoseconds on the monotonic clock (since boot), never 0: a time that fits an atomic, read
 /// without the arithmetic of `Instant`.
 pub(crate) fn now_ns() -> u64 {
@@ -55,4 +58,42 @@ pub(crate) fn now_ns() -> u64 {
 /// Microseconds from `from` to `to`, two [`now_ns`] readings; 0 if `to` is earlier.
 pub(crate) fn micros_between(from: u64, to: u64) -> u64 {
     to.saturating_sub(from) / 1000
+}
+
+/// An adaptive spin: how long to busy-wait for an event before sleeping on a condition
+/// variable. Each spin that sees the event doubles the next one, each that does not halves it,
+/// within `[min_ns, max_ns]`: it stays long where spinning pays (a quick job on an idle CPU) and
+/// shrinks where it would only take CPU from the threads that cause the event (a busy machine,
+/// long tasks). The floor keeps it short but never zero, so that it can grow back.
+pub(crate) struct Spin {
+    ns: AtomicU64,
+    min_ns: u64,
+    max_ns: u64,
+}
+
+impl Spin {
+    pub(crate) const fn new(min_ns: u64, max_ns: u64) -> Spin {
+        Spin {
+            ns: AtomicU64::new(max_ns),
+            min_ns,
+            max_ns,
+        }
+    }
+
+    /// Busy-waits until `done()` or the spin's time (or `deadline`) is up; returns `done()`.
+    pub(crate) fn spin(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
+        let budget = self.ns.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_nanos(budget);
+        let until = deadline.map_or(until, |d| d.min(until));
+        while !done() && Instant::now() < until {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+        let caught = done();
+        let next = if caught { budget * 2 } else { budget / 2 };
+        self.ns
+            .store(next.clamp(self.min_ns, self.max_ns), Ordering::Relaxed);
+        caught
+    }
 }
