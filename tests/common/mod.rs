@@ -198,3 +198,30 @@ pub fn rss_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
 }
+
+/// Calls `f` to fill a versioned struct `T` (one that starts with `struct_size`) whose
+/// `struct_size` is set to `size`, or with NULL when `null`. The buffer is aligned for `T`,
+/// filled with 0xAB and 8 bytes longer than `T`. Returns the status and whether the call left
+/// every byte past `struct_size` alone (past `struct_size` itself, when it failed).
+pub fn fill_versioned<T>(
+    size: u32,
+    null: bool,
+    f: impl FnOnce(*mut T) -> tb_status,
+) -> (tb_status, bool) {
+    let full = std::mem::size_of::<T>();
+    let mut words = vec![u64::from_ne_bytes([0xAB; 8]); full / 8 + 2];
+    let ptr = words.as_mut_ptr().cast::<u8>();
+    // SAFETY: `words` has at least `full + 8` bytes; `struct_size` is T's first field.
+    unsafe { ptr.cast::<u32>().write(size) };
+    let status = f(if null {
+        std::ptr::null_mut()
+    } else {
+        ptr.cast()
+    });
+    // SAFETY: the same bytes, read back as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, full + 8) };
+    let written = if status == TB_OK { size as usize } else { 4 };
+    let untouched = written <= full && bytes[written..].iter().all(|&b| b == 0xAB);
+    let size_kept = bytes[..4] == size.to_ne_bytes();
+    (status, untouched && size_kept)
+}
