@@ -350,7 +350,9 @@ impl Task {
 
     /// The pointer a job sets with `tb_job_set_result`.
     fn result_value(&self) -> *mut c_void {
-        ((self.serial + 1) * 16) as *mut c_void
+        std::ptr::null_mut::<u8>()
+            .wrapping_add((self.serial as usize + 1) * 16)
+            .cast()
     }
 
     fn is_job(&self) -> bool {
@@ -2558,7 +2560,10 @@ fn install_crash_handler() {
 
 /// Runs `seed` under the hang detector; panics naming the seed on a violation.
 fn run_seed(seed: u64) -> Counts {
-    install_crash_handler();
+    // Miri has no signals, and reports its own errors.
+    if !cfg!(miri) {
+        install_crash_handler();
+    }
     CURRENT_SEED.store(seed, SeqCst);
     let (done, watch) = mpsc::channel::<()>();
     let watchdog = thread::spawn(move || {

@@ -380,7 +380,9 @@ fn call(input: &mut Input, state: &mut State) {
         }
         22 => {
             // Outside any job, every pointer is refused, whatever it points to.
-            let fake = input.u64() as usize as *mut tb_job;
+            let fake: *mut tb_job = std::ptr::null_mut::<u8>()
+                .wrapping_add(input.u64() as usize)
+                .cast();
             assert!(!tb_job_cancelled(fake));
             tb_job_set_result(fake, fake.cast());
         }
