@@ -16,6 +16,8 @@ use tokio_bridge::job::*;
 use tokio_bridge::metrics::*;
 use tokio_bridge::runtime::*;
 
+pub mod contract;
+
 /// What a test's callbacks saw. Leaked, so callbacks may outlive the test body safely.
 #[derive(Default)]
 pub struct Probe {
@@ -168,4 +170,73 @@ pub fn metrics(rt: tb_runtime) -> tb_metrics {
     let mut m = new_metrics();
     assert_eq!(tb_runtime_metrics(rt, &mut m), TB_OK, "{}", last_error());
     m
+}
+
+/// A small seedable generator (xorshift64*): random tests replay exactly from their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // splitmix64 of the seed: nearby seeds give unrelated streams, and the state is never 0.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True `percent` times in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The process's resident set size in bytes, from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// Calls `f` to fill a versioned struct `T` (one that starts with `struct_size`) whose
+/// `struct_size` is set to `size`, or with NULL when `null`. The buffer is aligned for `T`,
+/// filled with 0xAB and 8 bytes longer than `T`. Returns the status and whether the call left
+/// every byte past `struct_size` alone (past `struct_size` itself, when it failed).
+pub fn fill_versioned<T>(
+    size: u32,
+    null: bool,
+    f: impl FnOnce(*mut T) -> tb_status,
+) -> (tb_status, bool) {
+    let full = std::mem::size_of::<T>();
+    let mut words = vec![u64::from_ne_bytes([0xAB; 8]); full / 8 + 2];
+    let ptr = words.as_mut_ptr().cast::<u8>();
+    // SAFETY: `words` has at least `full + 8` bytes; `struct_size` is T's first field.
+    unsafe { ptr.cast::<u32>().write(size) };
+    let status = f(if null {
+        std::ptr::null_mut()
+    } else {
+        ptr.cast()
+    });
+    // SAFETY: the same bytes, read back as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, full + 8) };
+    let written = if status == TB_OK { size as usize } else { 4 };
+    let untouched = written <= full && bytes[written..].iter().all(|&b| b == 0xAB);
+    let size_kept = bytes[..4] == size.to_ne_bytes();
+    (status, untouched && size_kept)
 }

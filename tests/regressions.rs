@@ -1,0 +1,143 @@
+//! Bugs found by the model test, the stress test and the fuzzer, each as a minimal test.
+//!
+//! Each guards its fix. A test for a bug not yet fixed is added `#[ignore]`d, with the bug in
+//! its reason, and the `ignore` goes with the fix.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use tokio_bridge::completion::*;
+use tokio_bridge::error::*;
+use tokio_bridge::job::*;
+use tokio_bridge::queue::*;
+use tokio_bridge::runtime::*;
+
+mod common;
+use common::*;
+
+unsafe extern "C" fn slow_job(_arg: *mut c_void, _job: *mut tb_job) -> i32 {
+    thread::sleep(Duration::from_millis(20));
+    0
+}
+
+unsafe extern "C" fn quick_job(_arg: *mut c_void, _job: *mut tb_job) -> i32 {
+    0
+}
+
+unsafe extern "C" fn count_free(arg: *mut c_void) {
+    (*arg.cast::<AtomicUsize>()).fetch_add(1, Ordering::SeqCst);
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Found by the model test (with `TB_MODEL_STRICT=1`). `Pool::forget_queued` decrements the
+/// queued count after `tb_task_cancel` has claimed a queued job; if `tb_runtime_shutdown` runs
+/// `Pool::close` in between, close has already set the count to 0 and the decrement underflows:
+/// in a debug build a panic, caught by the boundary, so `tb_task_cancel` returns `TB_ERR_PANIC`
+/// (undocumented) and the job is left claimed but never settled: its completion callback never
+/// runs, `tb_task_poll` says `TB_PENDING` forever and `tb_task_wait(TB_FOREVER)` hangs (its
+/// `free_arg` runs only when the last reference goes). In a release build the count wraps to
+/// `usize::MAX` instead. Usually fails within the first 50 rounds on 2 cores.
+#[test]
+fn cancel_racing_shutdown_never_panics_and_every_task_finishes() {
+    for round in 0..200 {
+        let rt = runtime_with(&config(1, 1));
+        let frees = Box::leak(Box::new(AtomicUsize::new(0)));
+        let tasks: Vec<tb_task> = (0..2000)
+            .map(|_| {
+                let mut t = tb_task::default();
+                let arg = std::ptr::from_mut(frees).cast();
+                assert_eq!(
+                    tb_spawn_blocking(rt, Some(slow_job), arg, Some(count_free), &mut t),
+                    TB_OK
+                );
+                t
+            })
+            .collect();
+        let to_cancel = tasks.clone();
+        let canceller = thread::spawn(move || {
+            to_cancel
+                .iter()
+                .rev()
+                .find(|&&t| tb_task_cancel(t) == TB_ERR_PANIC)
+                .map(|_| last_error())
+        });
+        thread::sleep(Duration::from_micros(200));
+        let shut = tb_runtime_shutdown(rt, 10_000);
+        let panicked = canceller.join().unwrap();
+        assert_eq!(panicked, None, "round {round}: tb_task_cancel panicked");
+        assert_eq!(shut, TB_OK);
+        for t in tasks {
+            assert_eq!(
+                tb_task_wait(t, 5_000),
+                TB_OK,
+                "round {round}: a task never finished"
+            );
+            assert_eq!(tb_task_release(t), TB_OK);
+        }
+        assert_eq!(frees.load(Ordering::SeqCst), 2000);
+    }
+}
+
+/// Found while preparing the fuzzer's argument ranges: a `thread_stack_size` no thread can
+/// have (2^60 bytes; the header puts no upper bound on it) makes Tokio panic with "OS can't
+/// spawn worker thread" inside `tb_runtime_new`, which returns `TB_ERR_PANIC` (undocumented:
+/// `TB_ERR_OS` or `TB_ERR_INVALID_ARG` is what the header allows), and the runtime's
+/// stall watchdog thread, started before the panic, is never stopped: one thread leaks per
+/// call.
+#[test]
+fn an_impossible_stack_size_is_refused_without_a_panic_or_a_leaked_thread() {
+    let mut cfg = config(1, 2);
+    cfg.thread_stack_size = 1 << 60;
+    let before = threads();
+    for _ in 0..5 {
+        let mut rt = tb_runtime { id: 7 };
+        let status = tb_runtime_new(&cfg, &mut rt);
+        assert!(
+            status == TB_ERR_OS || status == TB_ERR_INVALID_ARG,
+            "tb_runtime_new returned {status}: {}",
+            last_error()
+        );
+        assert_eq!(rt.id, 7, "out-param written on failure");
+    }
+    wait_until("no thread left behind", || threads() <= before);
+}
+
+/// Found by the model test. `tb_task_notify` promises that `tb_task_outcome` already has the
+/// outcome when the tag is drained, but `Task::settle` pushes the tag (raising the eventfd and
+/// waking `tb_queue_wait`) before it marks the task finished, and `tb_task_outcome` reads the
+/// phase without taking the task's lock (unlike `tb_task_poll`, which waits for that critical
+/// section): a thread woken by the push that drains the tag and asks for the outcome at once
+/// gets `TB_PENDING`. Usually fails within a few hundred rounds.
+#[test]
+fn the_outcome_is_ready_when_the_tag_is_drained() {
+    let rt = runtime();
+    let mut q = tb_queue::default();
+    assert_eq!(tb_queue_new(&mut q), TB_OK);
+    for round in 0..20_000u64 {
+        let mut t = tb_task::default();
+        let null = std::ptr::null_mut();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(quick_job), null, None, &mut t),
+            TB_OK
+        );
+        assert_eq!(tb_task_notify(t, q, round), TB_OK);
+        assert_eq!(tb_queue_wait(q, 5_000), TB_OK);
+        let (mut tag, mut n) = (0u64, 0usize);
+        assert_eq!(tb_queue_drain(q, &mut tag, 1, &mut n), TB_OK);
+        assert_eq!((n, tag), (1, round));
+        let mut o = tb_outcome::default();
+        assert_eq!(
+            tb_task_outcome(t, &mut o),
+            TB_OK,
+            "round {round}: the tag was drained but the outcome is not there"
+        );
+        assert_eq!(tb_task_release(t), TB_OK);
+    }
+    assert_eq!(tb_queue_free(q), TB_OK);
+    shutdown(rt);
+}
