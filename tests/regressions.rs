@@ -34,7 +34,7 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
-/// Found by the model test (with `TB_MODEL_STRICT=1`). `Pool::forget_queued` decrements the
+/// Found by the model test. `Pool::forget_queued` decrements the
 /// queued count after `tb_task_cancel` has claimed a queued job; if `tb_runtime_shutdown` runs
 /// `Pool::close` in between, close has already set the count to 0 and the decrement underflows:
 /// in a debug build a panic, caught by the boundary, so `tb_task_cancel` returns `TB_ERR_PANIC`
