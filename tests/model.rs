@@ -382,11 +382,6 @@ impl Task {
     /// returned, the job's callback too.
     fn seen_finished(&self, start: u64, end: u64, how: &str) {
         self.finished_seen.fetch_min(end, SeqCst);
-        self.check_finished(start, how);
-    }
-
-    /// The checks of [`seen_finished`](Self::seen_finished), without recording the sighting.
-    fn check_finished(&self, start: u64, how: &str) {
         if self.has_free {
             expect!(
                 self.frees.load(SeqCst) == 1,
@@ -1659,13 +1654,7 @@ impl<'w> Actor<'w> {
             "{}: its tag came out of a queue it was never given",
             t.describe()
         );
-        // Until the known bug is fixed, a drained tag does not mean tb_task_outcome has the
-        // outcome yet (see the module doc): outside strict mode it is not a sighting.
-        if strict() {
-            t.seen_finished(start, end, "a drained tag");
-        } else {
-            t.check_finished(start, "a drained tag");
-        }
+        t.seen_finished(start, end, "a drained tag");
         let r = TaskRef::Task(Arc::clone(&t));
         let mut o = tb_outcome::default();
         let (status, start, end) = timed(|| tb_task_outcome(t.handle(), &mut o));

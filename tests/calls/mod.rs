@@ -10,9 +10,7 @@
 //! frees, so under AddressSanitizer a `free_arg` run twice, too early or never shows as well.
 //!
 //! What the interpreter keeps out, so that inputs cannot hang: waits are at most 3 ms (except
-//! the shutdowns at the end), jobs return at once. Known bugs stay out until they are fixed
-//! (`TB_FUZZ_KNOWN_BUGS=1` lets them in): a `thread_stack_size` above 64 MiB, of which the
-//! impossible ones make `tb_runtime_new` panic (see `tests/regressions.rs`).
+//! the shutdowns at the end), jobs return at once.
 
 use std::ffi::{c_char, c_void};
 
@@ -447,9 +445,6 @@ fn new_runtime(input: &mut Input, state: &mut State) {
         cfg.blocking_keep_alive_ms = input.u32();
         cfg.max_queued_blocking = input.u32() >> (input.u8() % 32);
         cfg.thread_stack_size = input.u64() as usize >> (input.u8() % 64);
-        if cfg.thread_stack_size > 64 << 20 && !known_bugs() {
-            cfg.thread_stack_size = 1 << 20;
-        }
         cfg.stall_threshold_ms = input.u32() >> (input.u8() % 32);
         if input.one_in(2) {
             let len = usize::from(input.u8()) % name.len();
@@ -477,10 +472,6 @@ fn new_runtime(input: &mut Input, state: &mut State) {
             "tb_runtime_new failed and wrote its out-param"
         );
     }
-}
-
-fn known_bugs() -> bool {
-    std::env::var_os("TB_FUZZ_KNOWN_BUGS").is_some_and(|v| v == "1")
 }
 
 fn probe(input: &mut Input, state: &mut State) {
