@@ -1,14 +1,14 @@
 //! Sleeps and timers: async tasks on the runtime's workers (`tokio::spawn` + `tokio::time`).
 
 use std::ffi::c_void;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
@@ -34,13 +34,30 @@ pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) 
 
 /// The parts of a task that only sleeps and timers have.
 pub(crate) struct Async {
-    /// Wakes the task's future so that it sees a cancel request.
-    wake: Notify,
+    /// The waker of the task's future, so that a cancel request wakes it.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Async {
+    /// Wakes the task's future, if it waits, to see a cancel request made before this call.
     pub(crate) fn wake(&self) {
-        self.wake.notify_one();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Makes [`wake`](Self::wake) wake `waker`. A cancel request made before a `wake` that this
+    /// call precedes is visible after it: check for one after registering.
+    fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
     }
 }
 
@@ -86,66 +103,105 @@ impl Drop for Ending {
     }
 }
 
-/// Waits until `deadline`; false if the task was cancelled first.
-async fn sleep_until(task: &Task, deadline: tokio::time::Instant) -> bool {
-    let Work::Async(parts) = &task.work else {
-        unreachable!("only async tasks run here")
-    };
-    if deadline <= tokio::time::Instant::now() {
-        // Already due: the timer wheel would only add up to a millisecond of rounding.
-        return !task.cancel_requested();
-    }
-    let mut sleep = pin!(tokio::time::sleep_until(deadline));
-    let mut woken = pin!(parts.wake.notified());
-    poll_fn(|cx| {
-        if task.cancel_requested() || woken.as_mut().poll(cx).is_ready() {
-            // A wake-up comes only with a cancel request.
-            return Poll::Ready(false);
-        }
-        sleep.as_mut().poll(cx).map(|()| true)
-    })
-    .await
-}
-
 /// `at` plus `ms` milliseconds, saturating far in the future instead of overflowing.
-fn later(at: tokio::time::Instant, ms: u64) -> tokio::time::Instant {
+fn later(at: Instant, ms: u64) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
     at + Duration::from_millis(ms).min(FAR)
 }
 
-/// The task's life: waits for `first` (the submission time plus the delay), then ticks.
-async fn run(mut ending: Ending, first: tokio::time::Instant, tick: Option<Tick>) {
-    let task = Arc::clone(&ending.task);
-    ending.started = Some(now_ns());
-    let mut next = first;
-    loop {
-        if !sleep_until(&task, next).await {
-            return; // cancelled: `ending` records it
-        }
-        let Some(tick) = &tick else {
-            ending.result = Some((TB_OK, 0));
-            return;
+/// A sleep's or timer's life on the workers: waits for `next`, runs its tick, and again for a
+/// periodic timer. A hand-written future, so that a task holds one `Sleep`, reset at each tick,
+/// and nothing else it does not need: with a million timers, every byte counts a megabyte.
+struct Run {
+    schedule: Schedule,
+    /// Created on the first wait that needs it, on a worker (it needs the runtime's context).
+    sleep: Option<Sleep>,
+}
+
+/// What a [`Run`] holds besides its `Sleep`.
+struct Schedule {
+    ending: Ending,
+    tick: Option<Tick>,
+    /// When the task is next due: the submission time plus the delay, then each period.
+    next: Instant,
+}
+
+/// Waits for `next`: ready when it has come, pending (with the timer armed) until then.
+fn wait(mut sleep: Pin<&mut Option<Sleep>>, next: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    if next <= Instant::now() {
+        // Already due: the timer wheel would only add up to a millisecond of rounding.
+        return Poll::Ready(());
+    }
+    match sleep.as_mut().as_pin_mut() {
+        Some(armed) if armed.deadline() == next => {}
+        Some(armed) => armed.reset(next),
+        None => sleep.set(Some(tokio::time::sleep_until(next))),
+    }
+    sleep.as_pin_mut().expect("the sleep was just set").poll(cx)
+}
+
+impl Schedule {
+    /// Whether a cancel was requested; if not, a later request wakes `waker`.
+    fn cancelled(&self, waker: &Waker) -> bool {
+        let Work::Async(parts) = &self.ending.task.work else {
+            unreachable!("only async tasks run here")
         };
-        let arg = ending
+        parts.register(waker);
+        self.ending.task.cancel_requested()
+    }
+
+    /// Runs one tick; whether the timer goes on. A late tick delays the ones after it rather
+    /// than letting them burst.
+    fn tick(&mut self) -> bool {
+        let Some(tick) = &self.tick else {
+            self.ending.result = Some((TB_OK, 0));
+            return false;
+        };
+        let arg = self
+            .ending
             .arg
             .as_ref()
             .map_or(std::ptr::null_mut(), UserArg::ptr);
-        let code = context::as_task(task.id, || {
+        let ticks = self.ending.ticks;
+        let code = context::as_task(self.ending.task.id, || {
             stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
                 // SAFETY: the caller's callback and argument, as documented.
-                unsafe { (tick.func)(arg, ending.ticks) }
+                unsafe { (tick.func)(arg, ticks) }
             })
         });
-        ending.ticks += 1;
+        self.ending.ticks += 1;
         if code != 0 || tick.period_ms == 0 {
-            ending.result = Some((TB_OK, code));
-            return;
+            self.ending.result = Some((TB_OK, code));
+            return false;
         }
-        // A late tick delays the ones after it rather than letting them burst.
-        let now = tokio::time::Instant::now();
-        next = later(next, tick.period_ms);
-        if next < now {
-            next = later(now, tick.period_ms);
+        let now = Instant::now();
+        self.next = later(self.next, tick.period_ms);
+        if self.next < now {
+            self.next = later(now, tick.period_ms);
+        }
+        true
+    }
+}
+
+impl Future for Run {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: only `sleep` needs pinning, and it is reached only through the `Pin` below.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `sleep` is never moved out of `this`, and `Run` has no `Drop` of its own.
+        let mut sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
+        this.schedule.ending.started.get_or_insert_with(now_ns);
+        loop {
+            if this.schedule.cancelled(cx.waker()) {
+                return Poll::Ready(()); // `ending` records the cancel
+            }
+            if wait(sleep.as_mut(), this.schedule.next, cx).is_pending() {
+                return Poll::Pending;
+            }
+            if !this.schedule.tick() {
+                return Poll::Ready(());
+            }
         }
     }
 }
@@ -164,7 +220,7 @@ fn spawn(
     let task = Arc::new(Task::new(
         submission.id,
         Work::Async(Async {
-            wake: Notify::new(),
+            waker: Mutex::new(None),
         }),
         RUNNING,
     ));
@@ -178,8 +234,14 @@ fn spawn(
         started: None,
     };
     // On a runtime shut down meanwhile, Tokio drops the future at once: `ending` records that.
-    let first = later(tokio::time::Instant::now(), delay_ms);
-    runtime.handle.spawn(run(ending, first, tick));
+    runtime.handle.spawn(Run {
+        schedule: Schedule {
+            ending,
+            tick,
+            next: later(Instant::now(), delay_ms),
+        },
+        sleep: None,
+    });
     Ok(submission.publish(task))
 }
 
