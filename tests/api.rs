@@ -155,7 +155,7 @@ fn the_queue_bound_returns_busy_and_loses_nothing() {
 #[test]
 fn the_pool_never_runs_more_jobs_than_max_blocking_threads() {
     let rt = runtime_with(&config(1, 4));
-    let in_flight = Box::leak(Box::new((AtomicUsize::new(0), AtomicUsize::new(0))));
+    let in_flight: &'static _ = Box::leak(Box::new((AtomicUsize::new(0), AtomicUsize::new(0))));
     unsafe extern "C" fn counted(arg: *mut c_void, _job: *mut tb_job) -> i32 {
         let (now, peak) = &*arg.cast::<(AtomicUsize, AtomicUsize)>();
         let n = now.fetch_add(1, Ordering::SeqCst) + 1;
@@ -168,7 +168,7 @@ fn the_pool_never_runs_more_jobs_than_max_blocking_threads() {
     let tasks: Vec<tb_task> = (0..8)
         .map(|_| {
             let mut t = tb_task::default();
-            let a = std::ptr::from_mut(in_flight).cast();
+            let a = std::ptr::from_ref(in_flight).cast_mut().cast();
             assert_eq!(tb_spawn_blocking(rt, Some(counted), a, None, &mut t), TB_OK);
             t
         })
