@@ -352,14 +352,15 @@ mod loom_tests {
     use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 
     /// Runs `f` under loom and prints how many interleavings it explored.
+    /// The count is the model's own: the test harness runs the models in parallel.
     fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        RUNS.store(0, StdOrdering::SeqCst);
+        let runs = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&runs);
         loom::model(move || {
-            RUNS.fetch_add(1, StdOrdering::SeqCst);
+            counted.fetch_add(1, StdOrdering::SeqCst);
             f();
         });
-        println!("{name}: {} interleavings", RUNS.load(StdOrdering::SeqCst));
+        println!("{name}: {} interleavings", runs.load(StdOrdering::SeqCst));
     }
 
     fn outcome(status: i32) -> tb_outcome {
@@ -419,32 +420,38 @@ mod loom_tests {
         });
     }
 
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    /// A completion callback counting its calls in the `AtomicUsize` its `arg` points to.
+    unsafe extern "C" fn count(arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
+        (*arg.cast::<AtomicUsize>()).fetch_add(1, StdOrdering::SeqCst);
+    }
 
-    unsafe extern "C" fn count(_arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
-        CALLS.fetch_add(1, StdOrdering::SeqCst);
+    /// A counting callback with its own counter (not a static: the models run in parallel).
+    fn counter() -> (
+        std::sync::Arc<AtomicUsize>,
+        impl Fn() -> Callback + Send + 'static,
+    ) {
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let arg = std::sync::Arc::as_ptr(&calls) as usize;
+        (calls, move || Callback::new(count, arg as *mut c_void))
     }
 
     #[test]
     fn loom_on_complete_racing_settle_runs_once_and_before_finished() {
         model("on_complete vs settle", || {
-            CALLS.store(0, StdOrdering::SeqCst);
+            let (calls, callback) = counter();
             let state = Arc::new(State::new(1, RUNNING));
             let other = Arc::clone(&state);
             let registrar = thread::spawn(move || {
-                other
-                    .on_complete(Callback::new(count, std::ptr::null_mut()))
-                    .unwrap();
+                other.on_complete(callback()).unwrap();
                 // Registered after the end: it ran here, already.
                 other.is_finished()
             });
             assert!(complete(&state));
             let late = registrar.join().unwrap();
-            assert_eq!(CALLS.load(StdOrdering::SeqCst), 1, "exactly once");
+            assert_eq!(calls.load(StdOrdering::SeqCst), 1, "exactly once");
             if late {
-                assert!(state
-                    .on_complete(Callback::new(count, std::ptr::null_mut()))
-                    .is_err());
+                let (_, again) = counter();
+                assert!(state.on_complete(again()).is_err());
             }
         });
     }
@@ -469,14 +476,11 @@ mod loom_tests {
     #[test]
     fn loom_cancel_on_complete_wait_and_completion_all_at_once() {
         model("cancel + on_complete + wait vs completion", || {
-            CALLS.store(0, StdOrdering::SeqCst);
+            let (calls, callback) = counter();
             let state = Arc::new(State::new(1, RUNNING));
             let (a, b, c) = (Arc::clone(&state), Arc::clone(&state), Arc::clone(&state));
             let canceller = thread::spawn(move || a.cancel());
-            let registrar = thread::spawn(move || {
-                b.on_complete(Callback::new(count, std::ptr::null_mut()))
-                    .unwrap()
-            });
+            let registrar = thread::spawn(move || b.on_complete(callback()).unwrap());
             let completer = thread::spawn(move || complete(&c));
             assert!(state.wait(None));
             let status = state.outcome().unwrap().status;
@@ -487,7 +491,7 @@ mod loom_tests {
                 Cancelled::TooLate => assert_eq!(status, TB_OK),
                 Cancelled::Claimed => panic!("a running task cannot be claimed"),
             }
-            assert_eq!(CALLS.load(StdOrdering::SeqCst), 1);
+            assert_eq!(calls.load(StdOrdering::SeqCst), 1, "exactly once");
         });
     }
 }
