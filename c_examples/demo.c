@@ -304,7 +304,8 @@ static void overhead(row *r) {
     unwatch(rt, r);
     int threads = threads_named("cost-blocking");
     TRY(tb_runtime_shutdown(rt, TB_FOREVER));
-    say(r, "partly",
+    int dearer = (blocking_batch > async_batch) + (blocking_one > async_one);
+    say(r, dearer == 2 ? "true" : dearer == 1 ? "partly" : "wrong",
         "per task, 10k at once / one at a time: async sleep %.2f / %.1f us, no-op blocking job "
         "%.2f / %.1f us; %d threads served them all (no thread per job)",
         async_batch, async_one, blocking_batch, blocking_one, threads);
