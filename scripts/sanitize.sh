@@ -98,11 +98,7 @@ tsan_tests() {
     CC=clang CXX=clang++ CFLAGS="$cflags" CXXFLAGS="-fsanitize=thread" \
     TSAN_OPTIONS="log_path=$1/tsan:suppressions=$root/scripts/sanitize/tsan.supp" \
     TB_STRESS_JOBS=100000 TB_STRESS_TIMERS=10000 TB_STRESS_BOUNDED=10000 TB_STRESS_SANITIZER=1 \
-    cargo +nightly test -Zbuild-std --target "$target" "${tests[@]}" --no-fail-fast -- \
-    --skip a_current_thread_runtime_runs_timers_on_its_own_thread
-  # That test (tests/api.rs) registers a completion callback after spawning the job and
-  # expects it on a blocking thread; when the job has already finished, as TSan's slowdown
-  # makes likely, the callback rightly runs at once on the test's thread and the test fails.
+    cargo +nightly test -Zbuild-std --target "$target" "${tests[@]}" --no-fail-fast
 }
 
 tsan() {

@@ -4,7 +4,7 @@
 //! machines.
 
 use std::ffi::{c_void, CStr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -825,9 +825,29 @@ fn a_current_thread_runtime_runs_timers_on_its_own_thread() {
         TB_OK
     );
     outcome(t);
-    let job = spawn(rt, Some(job_fn), probe());
+    // The job waits for its completion callback to be registered, so that the callback runs
+    // where the job ends and not at once on this thread, however the threads are scheduled.
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    unsafe extern "C" fn after_registration(_arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        while !REGISTERED.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
+    let mut job = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(
+            rt,
+            Some(after_registration),
+            std::ptr::null_mut(),
+            None,
+            &mut job
+        ),
+        TB_OK
+    );
     let cb = probe();
     assert_eq!(tb_task_on_complete(job, Some(complete_fn), arg(cb)), TB_OK);
+    REGISTERED.store(true, Ordering::SeqCst);
     outcome(job);
     assert!(p.threads.lock().unwrap().iter().all(|n| n == "ct-worker-0"));
     assert!(cb.threads.lock().unwrap()[0].starts_with("ct-blocking-"));
