@@ -192,6 +192,7 @@ impl Future for Run {
         // SAFETY: `sleep` is never moved out of `this`, and `Run` has no `Drop` of its own.
         let mut sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
         this.schedule.ending.started.get_or_insert_with(now_ns);
+        let mut ticked = false;
         loop {
             if this.schedule.cancelled(cx.waker()) {
                 return Poll::Ready(()); // `ending` records the cancel
@@ -199,9 +200,16 @@ impl Future for Run {
             if wait(sleep.as_mut(), this.schedule.next, cx).is_pending() {
                 return Poll::Pending;
             }
+            if ticked {
+                // Due again at once (a tick that took about its period): one tick per poll, so
+                // that the worker's other tasks run in between.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             if !this.schedule.tick() {
                 return Poll::Ready(());
             }
+            ticked = true;
         }
     }
 }
