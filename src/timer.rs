@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
-use crate::sync::{micros_between, now_ns};
+use crate::sync::{lock, micros_between, now_ns};
 use crate::task::{Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -41,11 +41,7 @@ pub(crate) struct Async {
 impl Async {
     /// Wakes the task's future, if it waits, to see a cancel request made before this call.
     pub(crate) fn wake(&self) {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let waker = lock!(self.waker).take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -54,7 +50,7 @@ impl Async {
     /// Makes [`wake`](Self::wake) wake `waker`. A cancel request made before a `wake` that this
     /// call precedes is visible after it: check for one after registering.
     fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock!(self.waker);
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *slot = Some(waker.clone());
         }
