@@ -543,8 +543,9 @@ extern "C" {
  *
  * 0 only checks; `TB_FOREVER` waits without a limit. Returns `TB_OK` when the task is finished
  * (whatever its outcome: read it with `tb_task_outcome`) or `TB_TIMED_OUT`. A finished task's
- * `free_arg` and completion callback have already returned. Waiters sleep on a condition
- * variable; they never spin. A timed-out wait changes nothing: a blocking job goes on running.
+ * `free_arg` and completion callback have already returned. A waiter spins for a few
+ * microseconds (4 to 30, adapting to whether spinning paid off on this thread) before it sleeps
+ * on a condition variable. A timed-out wait changes nothing: a blocking job goes on running.
  *
  * On an async worker thread (inside a timer callback, or a completion callback run by a
  * worker) a non-zero timeout returns `TB_ERR_ON_RUNTIME_THREAD` instead of blocking the worker.
