@@ -65,7 +65,6 @@ pub struct tb_metrics {
 pub(crate) struct Counters {
     /// Sleeps and timers not yet ended.
     pub(crate) async_tasks: AtomicUsize,
-    pub(crate) jobs_submitted: AtomicU64,
     pub(crate) jobs_completed: AtomicU64,
     pub(crate) jobs_failed: AtomicU64,
     pub(crate) jobs_cancelled: AtomicU64,
@@ -113,7 +112,7 @@ pub extern "C" fn tb_runtime_metrics(rt: tb_runtime, out: *mut tb_metrics) -> tb
             blocking_idle: pool.idle,
             blocking_queued: pool.queued,
             blocking_running: pool.running,
-            jobs_submitted: c.jobs_submitted.load(Ordering::Relaxed),
+            jobs_submitted: pool.submitted,
             jobs_completed: c.jobs_completed.load(Ordering::Relaxed),
             jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
             jobs_cancelled: c.jobs_cancelled.load(Ordering::Relaxed),

@@ -34,6 +34,9 @@ struct State {
     queue: VecDeque<Arc<Task>>,
     /// Jobs in `queue` that are still waiting (cancelled ones are skipped when popped).
     queued: usize,
+    /// Jobs accepted since the pool started (counted here, under the lock the submission takes
+    /// anyway, rather than in a counter shared with the drainers).
+    submitted: u64,
     running: usize,
     drainers: usize,
     peak_drainers: usize,
@@ -61,6 +64,7 @@ pub(crate) struct Snapshot {
     pub(crate) idle: u32,
     pub(crate) queued: u64,
     pub(crate) running: u64,
+    pub(crate) submitted: u64,
 }
 
 /// The blocking-job queue of one runtime.
@@ -138,7 +142,7 @@ impl Pool {
         state.queue.push_back(Arc::clone(&task));
         state.queued += 1;
         self.pending.store(state.queue.len(), Ordering::Release);
-        self.counters.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+        state.submitted += 1;
         if state.spinning > state.spin_claims {
             state.spin_claims += 1;
             return Ok(());
@@ -165,7 +169,7 @@ impl Pool {
         if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, &task)) {
             state.queue.remove(at);
             state.queued -= 1;
-            self.counters.jobs_submitted.fetch_sub(1, Ordering::Relaxed);
+            state.submitted -= 1;
         }
         Err(Error::new(
             TB_ERR_OS,
@@ -330,6 +334,7 @@ impl Pool {
             idle: state.idle as u32,
             queued: state.queued as u64,
             running: state.running as u64,
+            submitted: state.submitted,
         }
     }
 
