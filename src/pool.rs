@@ -11,8 +11,8 @@
 //!   already starting, so threads grow one at a time, each as soon as the previous one runs,
 //!   and never beyond `max_blocking_threads`; past one drainer per CPU, only while every
 //!   drainer is inside a job and the jobs are long (100 us or more on average, or none ended
-//!   for that long), that is while the drainers are blocked rather than busy with quick jobs
-//!   (more threads than CPUs cannot run quick jobs faster);
+//!   for 1 ms), that is while the drainers are blocked rather than busy with quick jobs (more
+//!   threads than CPUs cannot run quick jobs faster);
 //! - keep a drainer that runs out of work spinning for a few microseconds before it sleeps, so
 //!   that a job submitted right after the last one starts without waking a sleeping thread
 //!   (a futex wake-up on another CPU costs about 20 us); the spin adapts, shrinking when it
@@ -53,9 +53,12 @@ struct State {
 /// How long a drainer without work spins before it sleeps: 2 to 50 us, adapting (see [`Spin`]).
 const SPIN_MIN_NS: u64 = 2_000;
 const SPIN_MAX_NS: u64 = 50_000;
-/// Past one drainer per CPU, the pool grows only for jobs this long (on average, or when none
-/// has ended for this long).
+/// Past one drainer per CPU, the pool grows only for jobs this long on average, or when no job
+/// has ended for `QUIET_NS`. That second clause catches drainers all stuck in their first long
+/// jobs; it is longer than a scheduler's time slice, so that quick jobs whose drainers were
+/// preempted for a moment (every drainer inside a job, none ending) do not pass for stuck ones.
 const STUCK_NS: u64 = 100_000;
+const QUIET_NS: u64 = 1_000_000;
 
 /// The pool's gauges at one moment.
 pub(crate) struct Snapshot {
@@ -195,7 +198,7 @@ impl Pool {
             // More threads than CPUs help only drainers blocked in their jobs: every drainer
             // inside a job, and the jobs long (on average, or none ended for a while).
             let long = self.average_run_ns.load(Ordering::Relaxed) >= STUCK_NS
-                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= STUCK_NS;
+                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= QUIET_NS;
             if state.running < state.drainers || !long {
                 return false;
             }
@@ -257,9 +260,13 @@ impl Pool {
                 let (run_ns, ended) = crate::job::run(&task);
                 self.last_end_ns.store(ended, Ordering::Relaxed);
                 // Racing updates from several drainers may lose a sample: it is an estimate.
+                // A sample counts for at most twice `STUCK_NS`, so that one quick job whose
+                // thread was preempted for milliseconds does not make the jobs look long; five
+                // long jobs in a row still do.
                 let average = self.average_run_ns.load(Ordering::Relaxed);
+                let sample = run_ns.min(2 * STUCK_NS);
                 self.average_run_ns
-                    .store(average - average / 8 + run_ns / 8, Ordering::Relaxed);
+                    .store(average - average / 8 + sample / 8, Ordering::Relaxed);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
