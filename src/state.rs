@@ -125,7 +125,9 @@ struct Inner {
     notify: Option<(Arc<Queue>, u64)>,
     notify_registered: bool,
     waiters: u32,
-    watchers: Vec<Arc<Watcher>>,
+    /// Boxed: most tasks never have any (only `tb_wait_any` adds them), and with a million
+    /// timers every byte of a task counts a megabyte.
+    watchers: Option<Box<Vec<Arc<Watcher>>>>,
 }
 
 /// The state of one task: its phase, outcome, callback, notification and waiters.
@@ -158,7 +160,7 @@ impl State {
                 notify: None,
                 notify_registered: false,
                 waiters: 0,
-                watchers: Vec::new(),
+                watchers: None,
             }),
             finished: Condvar::new(),
         }
@@ -239,12 +241,12 @@ impl State {
         self.state
             .fetch_add(FINISHED - COMPLETING, Ordering::AcqRel);
         let wake = inner.waiters > 0;
-        let watchers = std::mem::take(&mut inner.watchers);
+        let watchers = inner.watchers.take();
         drop(inner);
         if wake {
             self.finished.notify_all();
         }
-        for watcher in watchers {
+        for watcher in watchers.iter().flat_map(|w| w.iter()) {
             watcher.fire();
         }
     }
@@ -330,14 +332,17 @@ impl State {
         if self.is_finished() {
             return false;
         }
-        inner.watchers.push(Arc::clone(watcher));
+        inner
+            .watchers
+            .get_or_insert_with(Box::default)
+            .push(Arc::clone(watcher));
         true
     }
 
     pub(crate) fn unwatch(&self, watcher: &Arc<Watcher>) {
-        lock!(self.inner)
-            .watchers
-            .retain(|w| !Arc::ptr_eq(w, watcher));
+        if let Some(watchers) = &mut lock!(self.inner).watchers {
+            watchers.retain(|w| !Arc::ptr_eq(w, watcher));
+        }
     }
 }
 

@@ -71,8 +71,8 @@ struct Ending {
     /// Set when the future ran to its end.
     result: Option<(tb_status, i32)>,
     ticks: u64,
-    /// When a worker first ran the task ([`now_ns`]).
-    started: Option<u64>,
+    /// When a worker first ran the task ([`now_ns`], never 0), or 0 before.
+    started: u64,
 }
 
 impl Drop for Ending {
@@ -80,7 +80,7 @@ impl Drop for Ending {
         drop(self.arg.take());
         if let Some(cancelled) = self.task.begin_completion() {
             let now = now_ns();
-            let started = self.started.unwrap_or(now);
+            let started = if self.started == 0 { now } else { self.started };
             let (status, code) = match (cancelled, self.result) {
                 (true, _) => (TB_ERR_CANCELLED, 0),
                 (false, Some(result)) => result,
@@ -187,7 +187,9 @@ impl Future for Run {
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: `sleep` is never moved out of `this`, and `Run` has no `Drop` of its own.
         let mut sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
-        this.schedule.ending.started.get_or_insert_with(now_ns);
+        if this.schedule.ending.started == 0 {
+            this.schedule.ending.started = now_ns();
+        }
         let mut ticked = false;
         loop {
             if this.schedule.cancelled(cx.waker()) {
@@ -235,7 +237,7 @@ fn spawn(
         arg: Some(UserArg::new(arg, free_arg)),
         result: None,
         ticks: 0,
-        started: None,
+        started: 0,
     };
     // On a runtime shut down meanwhile, Tokio drops the future at once: `ending` records that.
     runtime.handle.spawn(Run {
