@@ -72,6 +72,9 @@ class PythonCallables(unittest.TestCase):
             """
 import ctypes, os, signal, threading, time
 import tokio_bridge as tb
+# Python leaves SIGINT ignored when its parent ignored it (as a shell does for a command it
+# starts in the background): Ctrl-C must raise KeyboardInterrupt here whoever runs the test.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 cj = ctypes.CDLL(os.environ["CJOBS"])
 task = tb.Runtime().spawn_blocking_c(cj.cj_until_cancelled, 20_000)
 threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
