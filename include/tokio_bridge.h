@@ -364,6 +364,12 @@ typedef struct tb_runtime_config {
   uint32_t worker_threads;
   /**
    * Most blocking-pool threads alive at once. 0: 512, Tokio's default. At most 65536.
+   *
+   * Threads start on demand, one at a time, and only when no thread is idle: up to one per
+   * CPU for any jobs, more only while every thread is inside a job and the jobs are long
+   * (100 us or more on average, or none has ended for 1 ms), that is blocked rather than
+   * busy, since more threads than CPUs cannot run quick jobs faster. So a burst of quick
+   * jobs runs on about one thread per CPU, and blocking jobs get up to this many threads.
    */
   uint32_t max_blocking_threads;
   /**

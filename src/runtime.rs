@@ -53,6 +53,12 @@ pub struct tb_runtime_config {
     /// Async worker threads. 0: one per CPU. Must be 0 or 1 for `TB_CURRENT_THREAD`. At most 1024.
     pub worker_threads: u32,
     /// Most blocking-pool threads alive at once. 0: 512, Tokio's default. At most 65536.
+    ///
+    /// Threads start on demand, one at a time, and only when no thread is idle: up to one per
+    /// CPU for any jobs, more only while every thread is inside a job and the jobs are long
+    /// (100 us or more on average, or none has ended for 1 ms), that is blocked rather than
+    /// busy, since more threads than CPUs cannot run quick jobs faster. So a burst of quick
+    /// jobs runs on about one thread per CPU, and blocking jobs get up to this many threads.
     pub max_blocking_threads: u32,
     /// How long an idle blocking thread waits for work before it exits, in ms. 0: 10000.
     pub blocking_keep_alive_ms: u32,
