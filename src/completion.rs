@@ -195,7 +195,7 @@ pub extern "C" fn tb_task_cancel(t: tb_task) -> tb_status {
                  inside it",
             )),
             (Cancelled::Requested, Work::Async(parts)) => {
-                parts.wake();
+                parts.cancel(task.id);
                 Ok(TB_OK)
             }
             (Cancelled::TooLate, _) => Err(Error::new(TB_ERR_ALREADY, "the task already finished")),

@@ -39,6 +39,7 @@ mod pool;
 mod state;
 mod sync;
 mod task;
+mod timer_queue;
 mod userdata;
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::pool::Pool;
 use crate::probe::Probe;
 use crate::stall::Watchdog;
 use crate::sync::lock;
+use crate::timer_queue::TimerQueue;
 
 /// A runtime handle: a generation-checked id, never a pointer. The id 0 is never valid.
 ///
@@ -242,6 +243,7 @@ pub(crate) struct Runtime {
     is_default: bool,
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) timers: Arc<TimerQueue>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) workers: u32,
     pub(crate) watchdog: Option<Arc<Watchdog>>,
@@ -416,6 +418,7 @@ impl Runtime {
                 config.keep_alive,
                 Arc::clone(&counters),
             )),
+            timers: TimerQueue::start(&handle, Arc::clone(&counters)),
             handle,
             counters,
             workers: config.workers as u32,

@@ -1,14 +1,9 @@
-//! Sleeps and timers: async tasks on the runtime's workers (`tokio::spawn` + `tokio::time`).
+//! Sleeps and timers: armed in the runtime's timer queue, each tick run as an async task on the
+//! runtime's workers (see [`crate::timer_queue`]).
 
 use std::ffi::c_void;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
-
-use tokio::time::{Instant, Sleep};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
@@ -20,6 +15,7 @@ use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
 use crate::sync::{lock, micros_between, now_ns};
 use crate::task::{Submission, Task, Work};
+use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// A timer callback: runs on an async worker thread at each tick.
@@ -34,25 +30,24 @@ pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) 
 
 /// The parts of a task that only sleeps and timers have.
 pub(crate) struct Async {
-    /// The waker of the task's future, so that a cancel request wakes it.
-    waker: Mutex<Option<Waker>>,
+    /// The runtime's timer queue; weak, as the queue holds the task while it is armed.
+    queue: Weak<TimerQueue>,
+    /// When the task is due next ([`now_ns`]): with its id, its key in the queue. Written under
+    /// the queue's lock.
+    pub(crate) due: AtomicU64,
+    /// The tick of a timer; `None` for a sleep.
+    tick: Option<Tick>,
+    /// Ticks run so far, counted by the one thread that runs them.
+    ticks: AtomicU64,
+    /// The caller's argument, freed when the task ends.
+    arg: Mutex<Option<UserArg>>,
 }
 
 impl Async {
-    /// Wakes the task's future, if it waits, to see a cancel request made before this call.
-    pub(crate) fn wake(&self) {
-        let waker = lock!(self.waker).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Makes [`wake`](Self::wake) wake `waker`. A cancel request made before a `wake` that this
-    /// call precedes is visible after it: check for one after registering.
-    fn register(&self, waker: &Waker) {
-        let mut slot = lock!(self.waker);
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
+    /// Ends the task `id` on a worker if it waits in the queue, now that a cancel was requested.
+    pub(crate) fn cancel(&self, id: u64) {
+        if let Some(queue) = self.queue.upgrade() {
+            queue.cancel(self.due.load(Ordering::Relaxed), id);
         }
     }
 }
@@ -62,154 +57,76 @@ struct Tick {
     period_ms: u64,
 }
 
-/// Owns an async task's end: whether its future returns, is cancelled, or is dropped by
-/// shutdown, dropping this frees `arg` and completes the task exactly once, on the worker.
-struct Ending {
-    task: Arc<Task>,
-    counters: Arc<Counters>,
-    arg: Option<UserArg>,
-    /// Set when the future ran to its end.
-    result: Option<(tb_status, i32)>,
-    ticks: u64,
-    /// When a worker first ran the task ([`now_ns`], never 0), or 0 before.
-    started: u64,
-}
-
-impl Drop for Ending {
-    fn drop(&mut self) {
-        drop(self.arg.take());
-        if let Some(cancelled) = self.task.begin_completion() {
-            let now = now_ns();
-            let started = if self.started == 0 { now } else { self.started };
-            let (status, code) = match (cancelled, self.result) {
-                (true, _) => (TB_ERR_CANCELLED, 0),
-                (false, Some(result)) => result,
-                (false, None) => (TB_ERR_SHUTDOWN, 0),
-            };
-            self.task.settle(tb_outcome {
-                status,
-                code,
-                value: std::ptr::null_mut(),
-                ticks: self.ticks,
-                queued_us: micros_between(self.task.submitted_ns, started),
-                run_us: micros_between(started, now),
-            });
-        }
-        self.counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
+/// The sleep or timer parts of `task`.
+pub(crate) fn parts(task: &Task) -> &Async {
+    match &task.work {
+        Work::Async(parts) => parts,
+        Work::Blocking(_) => unreachable!("only sleeps and timers are in a timer queue"),
     }
 }
 
-/// `at` plus `ms` milliseconds, saturating far in the future instead of overflowing.
-fn later(at: Instant, ms: u64) -> Instant {
-    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    at + Duration::from_millis(ms).min(FAR)
+/// `at` plus `ms` milliseconds ([`now_ns`]), at most 30 years in the future.
+fn later(at: u64, ms: u64) -> u64 {
+    const FAR_MS: u64 = 86_400 * 365 * 30 * 1000;
+    at.saturating_add(ms.min(FAR_MS) * 1_000_000)
 }
 
-/// A sleep's or timer's life on the workers: waits for `next`, runs its tick, and again for a
-/// periodic timer. A hand-written future, so that a task holds one `Sleep`, reset at each tick,
-/// and nothing else it does not need: with a million timers, every byte counts a megabyte.
-struct Run {
-    schedule: Schedule,
-    /// Created on the first wait that needs it, on a worker (it needs the runtime's context).
-    sleep: Option<Sleep>,
-}
-
-/// What a [`Run`] holds besides its `Sleep`.
-struct Schedule {
-    ending: Ending,
-    tick: Option<Tick>,
-    /// When the task is next due: the submission time plus the delay, then each period.
-    next: Instant,
-}
-
-/// Waits for `next`: ready when it has come, pending (with the timer armed) until then.
-fn wait(mut sleep: Pin<&mut Option<Sleep>>, next: Instant, cx: &mut Context<'_>) -> Poll<()> {
-    if next <= Instant::now() {
-        // Already due: the timer wheel would only add up to a millisecond of rounding.
-        return Poll::Ready(());
-    }
-    match sleep.as_mut().as_pin_mut() {
-        Some(armed) if armed.deadline() == next => {}
-        Some(armed) => armed.reset(next),
-        None => sleep.set(Some(tokio::time::sleep_until(next))),
-    }
-    sleep.as_pin_mut().expect("the sleep was just set").poll(cx)
-}
-
-impl Schedule {
-    /// Whether a cancel was requested; if not, a later request wakes `waker`.
-    fn cancelled(&self, waker: &Waker) -> bool {
-        let Work::Async(parts) = &self.ending.task.work else {
-            unreachable!("only async tasks run here")
+/// Ends a sleep or timer exactly once (its owner calls this once): frees `arg`, then completes
+/// the task with `result` (what its last tick returned), `TB_ERR_CANCELLED` when a cancel was
+/// requested, or else `TB_ERR_SHUTDOWN`.
+pub(crate) fn end(task: &Task, counters: &Counters, result: Option<(tb_status, i32)>) {
+    let parts = parts(task);
+    let arg = lock!(parts.arg).take();
+    drop(arg);
+    if let Some(cancelled) = task.begin_completion() {
+        let (status, code) = match (cancelled, result) {
+            (true, _) => (TB_ERR_CANCELLED, 0),
+            (false, Some(result)) => result,
+            (false, None) => (TB_ERR_SHUTDOWN, 0),
         };
-        parts.register(waker);
-        self.ending.task.cancel_requested()
-    }
-
-    /// Runs one tick; whether the timer goes on. A late tick delays the ones after it rather
-    /// than letting them burst.
-    fn tick(&mut self) -> bool {
-        let Some(tick) = &self.tick else {
-            self.ending.result = Some((TB_OK, 0));
-            return false;
-        };
-        let arg = self
-            .ending
-            .arg
-            .as_ref()
-            .map_or(std::ptr::null_mut(), UserArg::ptr);
-        let ticks = self.ending.ticks;
-        let code = context::as_task(self.ending.task.id, || {
-            stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
-                // SAFETY: the caller's callback and argument, as documented.
-                unsafe { (tick.func)(arg, ticks) }
-            })
+        task.settle(tb_outcome {
+            status,
+            code,
+            value: std::ptr::null_mut(),
+            ticks: parts.ticks.load(Ordering::Relaxed),
+            queued_us: 0,
+            run_us: micros_between(task.submitted_ns, now_ns()),
         });
-        self.ending.ticks += 1;
-        if code != 0 || tick.period_ms == 0 {
-            self.ending.result = Some((TB_OK, code));
-            return false;
-        }
-        let now = Instant::now();
-        self.next = later(self.next, tick.period_ms);
-        if self.next < now {
-            self.next = later(now, tick.period_ms);
-        }
-        true
     }
+    counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
 }
 
-impl Future for Run {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // SAFETY: only `sleep` needs pinning, and it is reached only through the `Pin` below.
-        let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: `sleep` is never moved out of `this`, and `Run` has no `Drop` of its own.
-        let mut sleep = unsafe { Pin::new_unchecked(&mut this.sleep) };
-        if this.schedule.ending.started == 0 {
-            this.schedule.ending.started = now_ns();
-        }
-        let mut ticked = false;
-        loop {
-            if this.schedule.cancelled(cx.waker()) {
-                return Poll::Ready(()); // `ending` records the cancel
-            }
-            if wait(sleep.as_mut(), this.schedule.next, cx).is_pending() {
-                return Poll::Pending;
-            }
-            if ticked {
-                // Due again at once (a tick that took about its period): one tick per poll, so
-                // that the worker's other tasks run in between.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if !this.schedule.tick() {
-                return Poll::Ready(());
-            }
-            ticked = true;
-        }
+/// Runs a due task on a worker: its tick, then either back into `queue` (a periodic timer
+/// that goes on) or its end. A late tick delays the ones after it rather than letting them
+/// burst.
+pub(crate) fn fire(queue: &TimerQueue, task: Arc<Task>) {
+    if task.cancel_requested() {
+        return end(&task, &queue.counters, None);
     }
+    let parts = parts(&task);
+    let Some(tick) = &parts.tick else {
+        return end(&task, &queue.counters, Some((TB_OK, 0)));
+    };
+    let arg = lock!(parts.arg)
+        .as_ref()
+        .map_or(std::ptr::null_mut(), UserArg::ptr);
+    let ticks = parts.ticks.load(Ordering::Relaxed);
+    let code = context::as_task(task.id, || {
+        stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
+            // SAFETY: the caller's callback and argument, as documented.
+            unsafe { (tick.func)(arg, ticks) }
+        })
+    });
+    parts.ticks.store(ticks + 1, Ordering::Relaxed);
+    if code != 0 || tick.period_ms == 0 {
+        return end(&task, &queue.counters, Some((TB_OK, code)));
+    }
+    let now = now_ns();
+    let mut next = later(parts.due.load(Ordering::Relaxed), tick.period_ms);
+    if next < now {
+        next = later(now, tick.period_ms);
+    }
+    queue.insert(task, next);
 }
 
 /// Starts an async task on `rt`'s workers; shared by `tb_sleep` and `tb_timer_start`.
@@ -226,28 +143,19 @@ fn spawn(
     let task = Arc::new(Task::new(
         submission.id,
         Work::Async(Async {
-            waker: Mutex::new(None),
+            queue: Arc::downgrade(&runtime.timers),
+            due: AtomicU64::new(0),
+            tick,
+            ticks: AtomicU64::new(0),
+            arg: Mutex::new(Some(UserArg::new(arg, free_arg))),
         }),
         RUNNING,
     ));
     runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
-    let ending = Ending {
-        task: Arc::clone(&task),
-        counters: Arc::clone(&runtime.counters),
-        arg: Some(UserArg::new(arg, free_arg)),
-        result: None,
-        ticks: 0,
-        started: 0,
-    };
-    // On a runtime shut down meanwhile, Tokio drops the future at once: `ending` records that.
-    runtime.handle.spawn(Run {
-        schedule: Schedule {
-            ending,
-            tick,
-            next: later(Instant::now(), delay_ms),
-        },
-        sleep: None,
-    });
+    // On a runtime shut down meanwhile, the queue ends the task at once.
+    runtime
+        .timers
+        .insert(Arc::clone(&task), later(task.submitted_ns, delay_ms));
     Ok(submission.publish(task))
 }
 
