@@ -14,6 +14,7 @@ use crate::panic::boundary;
 use crate::runtime::deadline_after;
 use crate::state::{Callback, Cancelled, Watcher};
 use crate::task::{Task, Work, TASKS};
+use crate::timer;
 
 /// A task handle: a generation-checked id, never a pointer. The id 0 is never valid.
 ///
@@ -194,8 +195,8 @@ pub extern "C" fn tb_task_cancel(t: tb_task) -> tb_status {
                 "the job is running and cannot be stopped; tb_job_cancelled now returns true \
                  inside it",
             )),
-            (Cancelled::Requested, Work::Async(parts)) => {
-                parts.cancel(task.id);
+            (Cancelled::Requested, Work::Async(_)) => {
+                timer::cancel(&task);
                 Ok(TB_OK)
             }
             (Cancelled::TooLate, _) => Err(Error::new(TB_ERR_ALREADY, "the task already finished")),

@@ -2,7 +2,7 @@
 //! runtime's workers (see [`crate::timer_queue`]).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::completion::{tb_outcome, tb_task};
@@ -32,9 +32,10 @@ pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) 
 pub(crate) struct Async {
     /// The runtime's timer queue; weak, as the queue holds the task while it is armed.
     queue: Weak<TimerQueue>,
-    /// When the task is due next ([`now_ns`]): with its id, its key in the queue. Written under
-    /// the queue's lock.
+    /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
+    /// millisecond. Written under the queue's lock.
     pub(crate) due: AtomicU64,
+    pub(crate) index: AtomicUsize,
     /// The tick of a timer; `None` for a sleep.
     tick: Option<Tick>,
     /// Ticks run so far, counted by the one thread that runs them.
@@ -43,12 +44,11 @@ pub(crate) struct Async {
     arg: Mutex<Option<UserArg>>,
 }
 
-impl Async {
-    /// Ends the task `id` on a worker if it waits in the queue, now that a cancel was requested.
-    pub(crate) fn cancel(&self, id: u64) {
-        if let Some(queue) = self.queue.upgrade() {
-            queue.cancel(self.due.load(Ordering::Relaxed), id);
-        }
+/// Ends `task` (a sleep or timer) on a worker if it waits in its queue, now that a cancel was
+/// requested.
+pub(crate) fn cancel(task: &Task) {
+    if let Some(queue) = parts(task).queue.upgrade() {
+        queue.cancel(task);
     }
 }
 
@@ -145,6 +145,7 @@ fn spawn(
         Work::Async(Async {
             queue: Arc::downgrade(&runtime.timers),
             due: AtomicU64::new(0),
+            index: AtomicUsize::new(0),
             tick,
             ticks: AtomicU64::new(0),
             arg: Mutex::new(Some(UserArg::new(arg, free_arg))),

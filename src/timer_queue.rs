@@ -1,8 +1,10 @@
 //! A runtime's timer queue: every armed sleep and timer, in the order they are due, and the one
 //! async task (the driver) that hands each to a worker when it is due.
 //!
-//! An armed timer costs an entry of a B-tree (its due time, its id and its task): no Tokio task
-//! and no Tokio timer of its own. When it is due, the driver spawns a short [`Fire`] task for
+//! Armed tasks are kept in buckets of one millisecond (a B-tree of the buckets that have any, a
+//! vector of tasks in each), so that arming a timer costs a push on a small, hot tree's vector:
+//! no Tokio task and no Tokio timer of its own, and a timer fires at the end of its millisecond
+//! at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
 //! it, so that its tick runs like any other task on any worker: a tick that blocks one worker
 //! delays the tasks of that worker only, as Tokio's own timers would. A periodic timer goes back
 //! into the queue after each tick.
@@ -13,6 +15,7 @@
 //! lock, and an insertion looks at the bit under the lock, so either the canceller finds the
 //! task in the queue or the insertion ends it.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +36,13 @@ use crate::timer;
 const BATCH: usize = 256;
 /// `next` of a queue with nothing armed.
 const NEVER: u64 = u64::MAX;
+/// A millisecond in [`now_ns`]: the width of a bucket.
+const MS: u64 = 1_000_000;
+
+/// The bucket of a task due at `due` ([`now_ns`]): the millisecond it is due in, rounded up.
+fn bucket(due: u64) -> u64 {
+    due.div_ceil(MS)
+}
 
 pub(crate) struct TimerQueue {
     state: Mutex<State>,
@@ -41,8 +51,9 @@ pub(crate) struct TimerQueue {
 }
 
 struct State {
-    /// Armed tasks by (due time in [`now_ns`], task id).
-    due: BTreeMap<(u64, u64), Arc<Task>>,
+    /// Armed tasks by the millisecond ([`now_ns`] / 1 ms, rounded up) they are due in; each
+    /// task knows its index in its bucket (`timer::Async::index`).
+    due: BTreeMap<u64, Vec<Arc<Task>>>,
     /// When the driver wakes up by itself next ([`NEVER`]: only when woken). An insertion due
     /// earlier wakes it.
     armed: u64,
@@ -82,10 +93,14 @@ impl TimerQueue {
             drop(state);
             return timer::end(&task, &self.counters, None);
         }
-        timer::parts(&task).due.store(due, Ordering::Relaxed);
-        state.due.insert((due, task.id), task);
-        let waker = if due < state.armed {
-            state.armed = due;
+        let parts = timer::parts(&task);
+        let key = bucket(due);
+        let bucket = state.due.entry(key).or_default();
+        parts.due.store(due, Ordering::Relaxed);
+        parts.index.store(bucket.len(), Ordering::Relaxed);
+        bucket.push(task);
+        let waker = if key * MS < state.armed {
+            state.armed = key * MS;
             state.waker.take()
         } else {
             None
@@ -96,11 +111,11 @@ impl TimerQueue {
         }
     }
 
-    /// Takes the armed task `id`, due at `due`, out of the queue and ends it on a worker (its
-    /// cancel bit is set: it ends with `TB_ERR_CANCELLED`). Nothing to do when it is not
-    /// there: it is firing, and its `Fire` task sees the bit.
-    pub(crate) fn cancel(self: &Arc<Self>, due: u64, id: u64) {
-        let task = lock!(self.state).due.remove(&(due, id));
+    /// Takes the armed `task` out of the queue and ends it on a worker (its cancel bit is set:
+    /// it ends with `TB_ERR_CANCELLED`). Nothing to do when it is not there: it is firing, and
+    /// its `Fire` task sees the bit.
+    pub(crate) fn cancel(self: &Arc<Self>, task: &Task) {
+        let task = lock!(self.state).remove(task);
         if let Some(task) = task {
             // On a runtime shut down meanwhile, Tokio drops `Fire` at once, which ends the task.
             self.handle.spawn(Fire {
@@ -119,16 +134,25 @@ impl TimerQueue {
         if state.closed {
             return None;
         }
-        while fired.len() < BATCH {
-            match state.due.first_entry() {
-                Some(first) if first.key().0 <= now => fired.push(first.remove()),
-                _ => break,
+        // Taken from the end of a bucket, so that the others keep their index.
+        while let Some(mut first) = state.due.first_entry() {
+            if *first.key() > now / MS {
+                break;
+            }
+            let bucket = first.get_mut();
+            let room = BATCH - fired.len();
+            fired.extend(bucket.drain(bucket.len().saturating_sub(room)..));
+            if bucket.is_empty() {
+                first.remove();
+            }
+            if fired.len() == BATCH {
+                break;
             }
         }
-        let next = if fired.len() == BATCH {
-            now
-        } else {
-            state.due.first_key_value().map_or(NEVER, |(key, _)| key.0)
+        let next = match state.due.first_key_value() {
+            Some((&key, _)) if fired.len() < BATCH => key * MS,
+            Some(_) => now,
+            None => NEVER,
         };
         state.armed = next;
         if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -145,9 +169,33 @@ impl TimerQueue {
             state.waker = None;
             std::mem::take(&mut state.due)
         };
-        for task in armed.into_values() {
+        for task in armed.into_values().flatten() {
             timer::end(&task, &self.counters, None);
         }
+    }
+}
+
+impl State {
+    /// Takes `task` out of its bucket, if it is armed.
+    fn remove(&mut self, task: &Task) -> Option<Arc<Task>> {
+        let parts = timer::parts(task);
+        let key = bucket(parts.due.load(Ordering::Relaxed));
+        let index = parts.index.load(Ordering::Relaxed);
+        let mut entry = match self.due.entry(key) {
+            Entry::Occupied(entry) => entry,
+            Entry::Vacant(_) => return None,
+        };
+        let bucket = entry.get_mut();
+        if !bucket.get(index).is_some_and(|armed| armed.id == task.id) {
+            return None;
+        }
+        let removed = bucket.swap_remove(index);
+        match bucket.get(index) {
+            Some(moved) => timer::parts(moved).index.store(index, Ordering::Relaxed),
+            None if bucket.is_empty() => drop(entry.remove()),
+            None => {}
+        }
+        Some(removed)
     }
 }
 
