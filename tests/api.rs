@@ -527,6 +527,56 @@ fn cancelling_sleeps_and_timers_stops_them() {
 }
 
 #[test]
+fn timers_due_in_the_same_millisecond_cancel_in_any_order_at_once() {
+    // Started in a burst, the timers share the queue's few millisecond buckets: cancelling them
+    // in a random order moves the others within their bucket, and each must still be found and
+    // ended at once (a cancel that missed its timer would end it only after the minute).
+    let rt = runtime();
+    let p = probe();
+    let n = 3000;
+    let mut timers = vec![tb_task::default(); n];
+    for t in &mut timers {
+        assert_eq!(
+            tb_timer_start(rt, 60_000, 0, Some(tick_fn), arg(p), Some(free_fn), t),
+            TB_OK
+        );
+    }
+    let mut order: Vec<usize> = (0..n).filter(|i| i % 10 != 0).collect();
+    let mut rng = Rng::new(7);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for &i in &order {
+        assert_eq!(tb_task_cancel(timers[i]), TB_OK);
+    }
+    for &i in &order {
+        assert_eq!(
+            tb_task_wait(timers[i], 20_000),
+            TB_OK,
+            "timer {i} not ended"
+        );
+        let mut o = tb_outcome::default();
+        assert_eq!(tb_task_outcome(timers[i], &mut o), TB_OK);
+        assert_eq!((o.status, o.ticks), (TB_ERR_CANCELLED, 0));
+    }
+    assert_eq!(p.frees.load(Ordering::SeqCst), order.len());
+    shutdown(rt);
+    for (i, &t) in timers.iter().enumerate() {
+        let mut o = tb_outcome::default();
+        assert_eq!(tb_task_outcome(t, &mut o), TB_OK);
+        let expected = if i % 10 == 0 {
+            TB_ERR_SHUTDOWN
+        } else {
+            TB_ERR_CANCELLED
+        };
+        assert_eq!(o.status, expected, "timer {i}");
+        assert_eq!(tb_task_release(t), TB_OK);
+    }
+    assert_eq!(p.frees.load(Ordering::SeqCst), n);
+    assert_eq!(p.runs.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn a_completion_callback_runs_once_on_the_thread_that_finishes_the_task() {
     let rt = runtime();
     let p = probe();
