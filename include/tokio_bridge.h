@@ -129,13 +129,13 @@ typedef struct tb_outcome {
    */
   uint64_t ticks;
   /**
-   * Microseconds from submission to start: until a blocking thread picked the job up, or
-   * until an async worker first ran the sleep or timer task.
+   * Microseconds from submission to start: until a blocking thread picked the job up. 0 for
+   * sleeps and timers, which start when they are submitted.
    */
   uint64_t queued_us;
   /**
    * Microseconds from start to end: the blocking callback's run time, or the sleep or
-   * timer's life on the worker.
+   * timer's whole life, from `tb_sleep` or `tb_timer_start` to its end.
    */
   uint64_t run_us;
 } tb_outcome;
@@ -870,8 +870,9 @@ tb_status tb_runtime_on_stall(struct tb_runtime rt, tb_stall_fn func, void *arg)
 /**
  * Starts an async sleep: the task finishes with `TB_OK` after `delay_ms` milliseconds.
  *
- * The sleep is an async task on the runtime's workers; no thread waits for it. It is measured
- * from the call. `tb_task_cancel` ends it at once with `TB_ERR_CANCELLED`; shutdown ends it
+ * The sleep waits in the runtime's timer queue; no thread waits for it. It is measured
+ * from the call and ends no earlier than `delay_ms` after it, usually within 2 ms more (the
+ * timer queue counts in whole milliseconds, as Tokio's timers do). `tb_task_cancel` ends it at once with `TB_ERR_CANCELLED`; shutdown ends it
  * with `TB_ERR_SHUTDOWN`. Its completion callback runs on an async worker. On success `*out`
  * receives the task handle, to be released with `tb_task_release`.
  * Errors: `TB_ERR_NULL` (`out`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`. Any thread.

@@ -42,11 +42,11 @@ pub struct tb_outcome {
     pub value: *mut c_void,
     /// Timers: how many times the timer callback ran. 0 for other tasks.
     pub ticks: u64,
-    /// Microseconds from submission to start: until a blocking thread picked the job up, or
-    /// until an async worker first ran the sleep or timer task.
+    /// Microseconds from submission to start: until a blocking thread picked the job up. 0 for
+    /// sleeps and timers, which start when they are submitted.
     pub queued_us: u64,
     /// Microseconds from start to end: the blocking callback's run time, or the sleep or
-    /// timer's life on the worker.
+    /// timer's whole life, from `tb_sleep` or `tb_timer_start` to its end.
     pub run_us: u64,
 }
 

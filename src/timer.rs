@@ -129,7 +129,7 @@ pub(crate) fn fire(queue: &TimerQueue, task: Arc<Task>) {
     queue.insert(task, next);
 }
 
-/// Starts an async task on `rt`'s workers; shared by `tb_sleep` and `tb_timer_start`.
+/// Arms a sleep or timer in `rt`'s timer queue; shared by `tb_sleep` and `tb_timer_start`.
 fn spawn(
     rt: tb_runtime,
     delay_ms: u64,
@@ -162,8 +162,9 @@ fn spawn(
 
 /// Starts an async sleep: the task finishes with `TB_OK` after `delay_ms` milliseconds.
 ///
-/// The sleep is an async task on the runtime's workers; no thread waits for it. It is measured
-/// from the call. `tb_task_cancel` ends it at once with `TB_ERR_CANCELLED`; shutdown ends it
+/// The sleep waits in the runtime's timer queue; no thread waits for it. It is measured
+/// from the call and ends no earlier than `delay_ms` after it, usually within 2 ms more (the
+/// timer queue counts in whole milliseconds, as Tokio's timers do). `tb_task_cancel` ends it at once with `TB_ERR_CANCELLED`; shutdown ends it
 /// with `TB_ERR_SHUTDOWN`. Its completion callback runs on an async worker. On success `*out`
 /// receives the task handle, to be released with `tb_task_release`.
 /// Errors: `TB_ERR_NULL` (`out`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`. Any thread.
