@@ -11,8 +11,9 @@
 //! (status codes and the last error) and [`version`]. Plumbing: [`panic`]
 //! (the boundary around every exported function), [`handle`] (generation-checked handle
 //! tables), [`state`] (the completion state machine), [`task`] (tasks and their handles),
-//! [`pool`] (the blocking-job queue), [`userdata`] (C data with its destructor), [`context`]
-//! (what the current thread does) and [`sync`] (locking helpers).
+//! [`pool`] (the blocking-job queue), [`timer_queue`] (armed sleeps and timers), [`userdata`] (C
+//! data with its destructor), [`context`] (what the current thread does) and [`sync`] (locking
+//! helpers).
 
 #![allow(non_camel_case_types)]
 // The exported functions are C entry points: they check every pointer for NULL and otherwise

@@ -154,9 +154,12 @@ fn spawn(
     ));
     runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
     // On a runtime shut down meanwhile, the queue ends the task at once.
-    runtime
-        .timers
-        .insert(Arc::clone(&task), later(task.submitted_ns, delay_ms));
+    if delay_ms == 0 {
+        runtime.timers.fire_soon(Arc::clone(&task));
+    } else {
+        let due = later(task.submitted_ns, delay_ms);
+        runtime.timers.insert(Arc::clone(&task), due);
+    }
     Ok(submission.publish(task))
 }
 

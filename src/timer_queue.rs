@@ -117,12 +117,17 @@ impl TimerQueue {
     pub(crate) fn cancel(self: &Arc<Self>, task: &Task) {
         let task = lock!(self.state).remove(task);
         if let Some(task) = task {
-            // On a runtime shut down meanwhile, Tokio drops `Fire` at once, which ends the task.
-            self.handle.spawn(Fire {
-                queue: Arc::clone(self),
-                task: Some(task),
-            });
+            self.fire_soon(task);
         }
+    }
+
+    /// Hands `task` to a worker now, to run its tick (or end it, if a cancel was requested).
+    pub(crate) fn fire_soon(self: &Arc<Self>, task: Arc<Task>) {
+        // On a runtime shut down meanwhile, Tokio drops `Fire` at once, which ends the task.
+        self.handle.spawn(Fire {
+            queue: Arc::clone(self),
+            task: Some(task),
+        });
     }
 
     /// Moves the tasks due by now into `fired` (at most [`BATCH`]) and makes `waker` the one an
@@ -221,10 +226,7 @@ impl Future for Driver {
                 return Poll::Ready(());
             };
             for task in this.fired.drain(..) {
-                tokio::spawn(Fire {
-                    queue: Arc::clone(&this.queue),
-                    task: Some(task),
-                });
+                this.queue.fire_soon(task);
             }
             if next == NEVER {
                 return Poll::Pending;
