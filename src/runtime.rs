@@ -418,7 +418,7 @@ impl Runtime {
                 config.keep_alive,
                 Arc::clone(&counters),
             )),
-            timers: TimerQueue::start(&handle, Arc::clone(&counters)),
+            timers: TimerQueue::start(&handle),
             handle,
             counters,
             workers: config.workers as u32,

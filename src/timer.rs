@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
@@ -13,7 +13,7 @@ use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
-use crate::sync::{lock, micros_between, now_ns};
+use crate::sync::{micros_between, now_ns};
 use crate::task::{Submission, Task, Work};
 use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
@@ -28,20 +28,23 @@ use crate::userdata::{tb_free_fn, UserArg};
 #[allow(non_camel_case_types)]
 pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) -> i32>;
 
-/// The parts of a task that only sleeps and timers have.
+/// The parts of a task that only sleeps and timers have; what they run is in their [`Armed`].
 pub(crate) struct Async {
-    /// The runtime's timer queue; weak, as the queue holds the task while it is armed.
+    /// The runtime's timer queue, for a cancel; weak, as the queue holds the task while armed.
     queue: Weak<TimerQueue>,
+    counters: Arc<Counters>,
     /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
     /// millisecond. Written under the queue's lock.
     pub(crate) due: AtomicU64,
     pub(crate) index: AtomicUsize,
-    /// The tick of a timer; `None` for a sleep.
-    tick: Option<Tick>,
-    /// Ticks run so far, counted by the one thread that runs them.
-    ticks: AtomicU64,
-    /// The caller's argument, freed when the task ends.
-    arg: Mutex<Option<UserArg>>,
+}
+
+/// The sleep or timer parts of `task`.
+pub(crate) fn parts(task: &Task) -> &Async {
+    match &task.work {
+        Work::Async(parts) => parts,
+        Work::Blocking(_) => unreachable!("only sleeps and timers are in a timer queue"),
+    }
 }
 
 /// Ends `task` (a sleep or timer) on a worker if it waits in its queue, now that a cancel was
@@ -57,11 +60,88 @@ struct Tick {
     period_ms: u64,
 }
 
-/// The sleep or timer parts of `task`.
-pub(crate) fn parts(task: &Task) -> &Async {
-    match &task.work {
-        Work::Async(parts) => parts,
-        Work::Blocking(_) => unreachable!("only sleeps and timers are in a timer queue"),
+/// A sleep or timer that has not ended, with what it runs. Whoever holds it (the timer queue,
+/// or the worker task firing it) owns its end; dropped, it ends the task exactly once, with
+/// `TB_ERR_CANCELLED` when a cancel was requested, else `TB_ERR_SHUTDOWN`.
+pub(crate) struct Armed {
+    /// `None` once ended.
+    task: Option<Arc<Task>>,
+    /// `None` for a sleep.
+    tick: Option<Tick>,
+    arg: Option<UserArg>,
+    ticks: u64,
+}
+
+impl Armed {
+    pub(crate) fn task(&self) -> &Task {
+        self.task.as_ref().expect("an armed task has not ended")
+    }
+
+    /// Frees `arg`, then completes the task with `result` (what its last tick returned), unless
+    /// a cancel was requested (`TB_ERR_CANCELLED`); `None`: `TB_ERR_SHUTDOWN`.
+    fn end(&mut self, result: Option<(tb_status, i32)>) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        drop(self.arg.take());
+        if let Some(cancelled) = task.begin_completion() {
+            let (status, code) = match (cancelled, result) {
+                (true, _) => (TB_ERR_CANCELLED, 0),
+                (false, Some(result)) => result,
+                (false, None) => (TB_ERR_SHUTDOWN, 0),
+            };
+            task.settle(tb_outcome {
+                status,
+                code,
+                value: std::ptr::null_mut(),
+                ticks: self.ticks,
+                queued_us: 0,
+                run_us: micros_between(task.submitted_ns, now_ns()),
+            });
+        }
+        parts(&task)
+            .counters
+            .async_tasks
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs the tick of a due task on a worker, then puts it back into `queue` (a periodic timer
+    /// that goes on) or ends it. A late tick delays the ones after it rather than letting them
+    /// burst.
+    pub(crate) fn fire(mut self, queue: &TimerQueue) {
+        let task = self.task.as_ref().expect("an armed task has not ended");
+        if task.cancel_requested() {
+            return; // dropping ends it, cancelled
+        }
+        let Some(tick) = &self.tick else {
+            return self.end(Some((TB_OK, 0)));
+        };
+        let arg = self.arg.as_ref().map_or(std::ptr::null_mut(), UserArg::ptr);
+        let ticks = self.ticks;
+        let code = context::as_task(task.id, || {
+            stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
+                // SAFETY: the caller's callback and argument, as documented.
+                unsafe { (tick.func)(arg, ticks) }
+            })
+        });
+        let period_ms = tick.period_ms;
+        let due = parts(task).due.load(Ordering::Relaxed);
+        self.ticks += 1;
+        if code != 0 || period_ms == 0 {
+            return self.end(Some((TB_OK, code)));
+        }
+        let now = now_ns();
+        let mut next = later(due, period_ms);
+        if next < now {
+            next = later(now, period_ms);
+        }
+        queue.insert(self, next);
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.end(None);
     }
 }
 
@@ -69,64 +149,6 @@ pub(crate) fn parts(task: &Task) -> &Async {
 fn later(at: u64, ms: u64) -> u64 {
     const FAR_MS: u64 = 86_400 * 365 * 30 * 1000;
     at.saturating_add(ms.min(FAR_MS) * 1_000_000)
-}
-
-/// Ends a sleep or timer exactly once (its owner calls this once): frees `arg`, then completes
-/// the task with `result` (what its last tick returned), `TB_ERR_CANCELLED` when a cancel was
-/// requested, or else `TB_ERR_SHUTDOWN`.
-pub(crate) fn end(task: &Task, counters: &Counters, result: Option<(tb_status, i32)>) {
-    let parts = parts(task);
-    let arg = lock!(parts.arg).take();
-    drop(arg);
-    if let Some(cancelled) = task.begin_completion() {
-        let (status, code) = match (cancelled, result) {
-            (true, _) => (TB_ERR_CANCELLED, 0),
-            (false, Some(result)) => result,
-            (false, None) => (TB_ERR_SHUTDOWN, 0),
-        };
-        task.settle(tb_outcome {
-            status,
-            code,
-            value: std::ptr::null_mut(),
-            ticks: parts.ticks.load(Ordering::Relaxed),
-            queued_us: 0,
-            run_us: micros_between(task.submitted_ns, now_ns()),
-        });
-    }
-    counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
-}
-
-/// Runs a due task on a worker: its tick, then either back into `queue` (a periodic timer
-/// that goes on) or its end. A late tick delays the ones after it rather than letting them
-/// burst.
-pub(crate) fn fire(queue: &TimerQueue, task: Arc<Task>) {
-    if task.cancel_requested() {
-        return end(&task, &queue.counters, None);
-    }
-    let parts = parts(&task);
-    let Some(tick) = &parts.tick else {
-        return end(&task, &queue.counters, Some((TB_OK, 0)));
-    };
-    let arg = lock!(parts.arg)
-        .as_ref()
-        .map_or(std::ptr::null_mut(), UserArg::ptr);
-    let ticks = parts.ticks.load(Ordering::Relaxed);
-    let code = context::as_task(task.id, || {
-        stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
-            // SAFETY: the caller's callback and argument, as documented.
-            unsafe { (tick.func)(arg, ticks) }
-        })
-    });
-    parts.ticks.store(ticks + 1, Ordering::Relaxed);
-    if code != 0 || tick.period_ms == 0 {
-        return end(&task, &queue.counters, Some((TB_OK, code)));
-    }
-    let now = now_ns();
-    let mut next = later(parts.due.load(Ordering::Relaxed), tick.period_ms);
-    if next < now {
-        next = later(now, tick.period_ms);
-    }
-    queue.insert(task, next);
 }
 
 /// Arms a sleep or timer in `rt`'s timer queue; shared by `tb_sleep` and `tb_timer_start`.
@@ -144,21 +166,26 @@ fn spawn(
         submission.id,
         Work::Async(Async {
             queue: Arc::downgrade(&runtime.timers),
+            counters: Arc::clone(&runtime.counters),
             due: AtomicU64::new(0),
             index: AtomicUsize::new(0),
-            tick,
-            ticks: AtomicU64::new(0),
-            arg: Mutex::new(Some(UserArg::new(arg, free_arg))),
         }),
         RUNNING,
     ));
     runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
+    let armed = Armed {
+        task: Some(Arc::clone(&task)),
+        tick,
+        arg: Some(UserArg::new(arg, free_arg)),
+        ticks: 0,
+    };
     // On a runtime shut down meanwhile, the queue ends the task at once.
     if delay_ms == 0 {
-        runtime.timers.fire_soon(Arc::clone(&task));
+        runtime.timers.fire_soon(armed);
     } else {
-        let due = later(task.submitted_ns, delay_ms);
-        runtime.timers.insert(Arc::clone(&task), due);
+        runtime
+            .timers
+            .insert(armed, later(task.submitted_ns, delay_ms));
     }
     Ok(submission.publish(task))
 }

@@ -9,11 +9,11 @@
 //! delays the tasks of that worker only, as Tokio's own timers would. A periodic timer goes back
 //! into the queue after each tick.
 //!
-//! Whoever holds a timer's task outside the queue (a `Fire` task, or the canceller that took it
-//! out) owns its end: the tick, the next insertion or [`timer::end`]. The queue's lock orders a
-//! cancel against an insertion: the canceller sets the task's CANCEL bit before it takes the
-//! lock, and an insertion looks at the bit under the lock, so either the canceller finds the
-//! task in the queue or the insertion ends it.
+//! An armed timer is an [`Armed`]: whoever holds it (the queue, a `Fire` task) owns its end,
+//! and dropping it ends the task. The queue's lock orders a cancel against an insertion: the
+//! canceller sets the task's CANCEL bit before it takes the lock, and an insertion looks at the
+//! bit under the lock, so either the canceller finds the task in the queue or the insertion
+//! ends it.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -27,10 +27,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::Counters;
 use crate::sync::{lock, now_ns};
 use crate::task::Task;
-use crate::timer;
+use crate::timer::{self, Armed};
 
 /// The most timers the driver hands out in one poll, so that the worker runs other tasks too.
 const BATCH: usize = 256;
@@ -47,13 +46,12 @@ fn bucket(due: u64) -> u64 {
 pub(crate) struct TimerQueue {
     state: Mutex<State>,
     handle: Handle,
-    pub(crate) counters: Arc<Counters>,
 }
 
 struct State {
     /// Armed tasks by the millisecond ([`now_ns`] / 1 ms, rounded up) they are due in; each
     /// task knows its index in its bucket (`timer::Async::index`).
-    due: BTreeMap<u64, Vec<Arc<Task>>>,
+    due: BTreeMap<u64, Vec<Armed>>,
     /// When the driver wakes up by itself next ([`NEVER`]: only when woken). An insertion due
     /// earlier wakes it.
     armed: u64,
@@ -65,7 +63,7 @@ struct State {
 
 impl TimerQueue {
     /// A queue for the runtime of `handle`, with its driver spawned there.
-    pub(crate) fn start(handle: &Handle, counters: Arc<Counters>) -> Arc<Self> {
+    pub(crate) fn start(handle: &Handle) -> Arc<Self> {
         let queue = Arc::new(TimerQueue {
             state: Mutex::new(State {
                 due: BTreeMap::new(),
@@ -74,7 +72,6 @@ impl TimerQueue {
                 closed: false,
             }),
             handle: handle.clone(),
-            counters,
         });
         handle.spawn(Driver {
             queue: Arc::clone(&queue),
@@ -85,20 +82,20 @@ impl TimerQueue {
         queue
     }
 
-    /// Arms `task` to fire at `due` ([`now_ns`]); ends it instead (`TB_ERR_SHUTDOWN` or
+    /// Arms a task to fire at `due` ([`now_ns`]); ends it instead (`TB_ERR_SHUTDOWN` or
     /// `TB_ERR_CANCELLED`) when the queue is closed or a cancel was requested.
-    pub(crate) fn insert(&self, task: Arc<Task>, due: u64) {
+    pub(crate) fn insert(&self, armed: Armed, due: u64) {
         let mut state = lock!(self.state);
-        if state.closed || task.cancel_requested() {
+        if state.closed || armed.task().cancel_requested() {
             drop(state);
-            return timer::end(&task, &self.counters, None);
+            return drop(armed);
         }
-        let parts = timer::parts(&task);
+        let parts = timer::parts(armed.task());
         let key = bucket(due);
         let bucket = state.due.entry(key).or_default();
         parts.due.store(due, Ordering::Relaxed);
         parts.index.store(bucket.len(), Ordering::Relaxed);
-        bucket.push(task);
+        bucket.push(armed);
         let waker = if key * MS < state.armed {
             state.armed = key * MS;
             state.waker.take()
@@ -115,25 +112,25 @@ impl TimerQueue {
     /// it ends with `TB_ERR_CANCELLED`). Nothing to do when it is not there: it is firing, and
     /// its `Fire` task sees the bit.
     pub(crate) fn cancel(self: &Arc<Self>, task: &Task) {
-        let task = lock!(self.state).remove(task);
-        if let Some(task) = task {
-            self.fire_soon(task);
+        let armed = lock!(self.state).remove(task);
+        if let Some(armed) = armed {
+            self.fire_soon(armed);
         }
     }
 
-    /// Hands `task` to a worker now, to run its tick (or end it, if a cancel was requested).
-    pub(crate) fn fire_soon(self: &Arc<Self>, task: Arc<Task>) {
+    /// Hands a task to a worker now, to run its tick (or end it, if a cancel was requested).
+    pub(crate) fn fire_soon(self: &Arc<Self>, armed: Armed) {
         // On a runtime shut down meanwhile, Tokio drops `Fire` at once, which ends the task.
         self.handle.spawn(Fire {
             queue: Arc::clone(self),
-            task: Some(task),
+            armed: Some(armed),
         });
     }
 
     /// Moves the tasks due by now into `fired` (at most [`BATCH`]) and makes `waker` the one an
     /// earlier insertion wakes. Returns when the next task is due: now when more are, [`NEVER`]
     /// when none is armed; `None` once the queue is closed.
-    fn take_due(&self, waker: &Waker, fired: &mut Vec<Arc<Task>>) -> Option<u64> {
+    fn take_due(&self, waker: &Waker, fired: &mut Vec<Armed>) -> Option<u64> {
         let now = now_ns();
         let mut state = lock!(self.state);
         if state.closed {
@@ -168,21 +165,19 @@ impl TimerQueue {
 
     /// Refuses new insertions and ends every armed task with `TB_ERR_SHUTDOWN`, on this thread.
     fn close(&self) {
-        let armed = {
+        let (armed, waker) = {
             let mut state = lock!(self.state);
             state.closed = true;
-            state.waker = None;
-            std::mem::take(&mut state.due)
+            (std::mem::take(&mut state.due), state.waker.take())
         };
-        for task in armed.into_values().flatten() {
-            timer::end(&task, &self.counters, None);
-        }
+        // Outside the lock: ending a task runs its callbacks.
+        drop((armed, waker));
     }
 }
 
 impl State {
     /// Takes `task` out of its bucket, if it is armed.
-    fn remove(&mut self, task: &Task) -> Option<Arc<Task>> {
+    fn remove(&mut self, task: &Task) -> Option<Armed> {
         let parts = timer::parts(task);
         let key = bucket(parts.due.load(Ordering::Relaxed));
         let index = parts.index.load(Ordering::Relaxed);
@@ -191,12 +186,17 @@ impl State {
             Entry::Vacant(_) => return None,
         };
         let bucket = entry.get_mut();
-        if !bucket.get(index).is_some_and(|armed| armed.id == task.id) {
+        if !bucket
+            .get(index)
+            .is_some_and(|armed| armed.task().id == task.id)
+        {
             return None;
         }
         let removed = bucket.swap_remove(index);
         match bucket.get(index) {
-            Some(moved) => timer::parts(moved).index.store(index, Ordering::Relaxed),
+            Some(moved) => timer::parts(moved.task())
+                .index
+                .store(index, Ordering::Relaxed),
             None if bucket.is_empty() => drop(entry.remove()),
             None => {}
         }
@@ -209,7 +209,7 @@ impl State {
 struct Driver {
     queue: Arc<TimerQueue>,
     /// The batch being handed out, kept to reuse its allocation.
-    fired: Vec<Arc<Task>>,
+    fired: Vec<Armed>,
     /// Created on the first wait, on a worker (it needs the runtime's context).
     sleep: Option<Pin<Box<Sleep>>>,
     /// What `sleep` is set for ([`now_ns`]).
@@ -225,8 +225,8 @@ impl Future for Driver {
             let Some(next) = this.queue.take_due(cx.waker(), &mut this.fired) else {
                 return Poll::Ready(());
             };
-            for task in this.fired.drain(..) {
-                this.queue.fire_soon(task);
+            for armed in this.fired.drain(..) {
+                this.queue.fire_soon(armed);
             }
             if next == NEVER {
                 return Poll::Pending;
@@ -264,24 +264,16 @@ impl Drop for Driver {
 /// unpolled by a shutdown, it ends the task.
 struct Fire {
     queue: Arc<TimerQueue>,
-    task: Option<Arc<Task>>,
+    armed: Option<Armed>,
 }
 
 impl Future for Fire {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if let Some(task) = self.task.take() {
-            timer::fire(&self.queue, task);
+        if let Some(armed) = self.armed.take() {
+            armed.fire(&self.queue);
         }
         Poll::Ready(())
-    }
-}
-
-impl Drop for Fire {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            timer::end(&task, &self.queue.counters, None);
-        }
     }
 }
