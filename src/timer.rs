@@ -32,7 +32,6 @@ pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) 
 pub(crate) struct Async {
     /// The runtime's timer queue, for a cancel; weak, as the queue holds the task while armed.
     queue: Weak<TimerQueue>,
-    counters: Arc<Counters>,
     /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
     /// millisecond. Written under the queue's lock.
     pub(crate) due: AtomicU64,
@@ -70,6 +69,7 @@ pub(crate) struct Armed {
     tick: Option<Tick>,
     arg: Option<UserArg>,
     ticks: u64,
+    counters: Arc<Counters>,
 }
 
 impl Armed {
@@ -99,10 +99,7 @@ impl Armed {
                 run_us: micros_between(task.submitted_ns, now_ns()),
             });
         }
-        parts(&task)
-            .counters
-            .async_tasks
-            .fetch_sub(1, Ordering::AcqRel);
+        self.counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Runs the tick of a due task on a worker, then puts it back into `queue` (a periodic timer
@@ -166,7 +163,6 @@ fn spawn(
         submission.id,
         Work::Async(Async {
             queue: Arc::downgrade(&runtime.timers),
-            counters: Arc::clone(&runtime.counters),
             due: AtomicU64::new(0),
             index: AtomicUsize::new(0),
         }),
@@ -178,6 +174,7 @@ fn spawn(
         tick,
         arg: Some(UserArg::new(arg, free_arg)),
         ticks: 0,
+        counters: Arc::clone(&runtime.counters),
     };
     // On a runtime shut down meanwhile, the queue ends the task at once.
     if delay_ms == 0 {
