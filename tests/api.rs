@@ -527,6 +527,23 @@ fn cancelling_sleeps_and_timers_stops_them() {
 }
 
 #[test]
+fn a_sleep_due_before_every_armed_one_is_not_held_up_by_them() {
+    // The timer queue sleeps until its first armed task: one armed later but due sooner must
+    // wake it.
+    let rt = runtime();
+    let mut long = tb_task::default();
+    assert_eq!(tb_sleep(rt, 60_000, &mut long), TB_OK);
+    thread::sleep(Duration::from_millis(20)); // the queue now sleeps for the minute
+    let mut short = tb_task::default();
+    assert_eq!(tb_sleep(rt, 30, &mut short), TB_OK);
+    assert_eq!(tb_task_wait(short, 20_000), TB_OK);
+    assert_eq!(tb_task_poll(long), TB_PENDING);
+    assert_eq!(tb_task_cancel(long), TB_OK);
+    assert_eq!(outcome(long).status, TB_ERR_CANCELLED);
+    shutdown(rt);
+}
+
+#[test]
 fn timers_due_in_the_same_millisecond_cancel_in_any_order_at_once() {
     // Started in a burst, the timers share the queue's few millisecond buckets: cancelling them
     // in a random order moves the others within their bucket, and each must still be found and
