@@ -178,6 +178,8 @@ fn spawn(
     };
     // On a runtime shut down meanwhile, the queue ends the task at once.
     if delay_ms == 0 {
+        // Due now: a period counts from here.
+        parts(&task).due.store(task.submitted_ns, Ordering::Relaxed);
         runtime.timers.fire_soon(armed);
     } else {
         runtime
