@@ -55,7 +55,9 @@ struct State {
     /// When the driver wakes up by itself next ([`NEVER`]: only when woken). An insertion due
     /// earlier wakes it.
     armed: u64,
-    /// The driver's waker, taken by the insertion that wakes it.
+    /// Tasks a cancel took out of their bucket, for the driver to end on a worker.
+    cancelled: Vec<Armed>,
+    /// The driver's waker, taken by the insertion or cancel that wakes it.
     waker: Option<Waker>,
     /// Set when the driver ended (the runtime shut down): insertions end their task at once.
     closed: bool,
@@ -68,6 +70,7 @@ impl TimerQueue {
             state: Mutex::new(State {
                 due: BTreeMap::new(),
                 armed: NEVER,
+                cancelled: Vec::new(),
                 waker: None,
                 closed: false,
             }),
@@ -108,13 +111,20 @@ impl TimerQueue {
         }
     }
 
-    /// Takes the armed `task` out of the queue and ends it on a worker (its cancel bit is set:
-    /// it ends with `TB_ERR_CANCELLED`). Nothing to do when it is not there: it is firing, and
-    /// its `Fire` task sees the bit.
-    pub(crate) fn cancel(self: &Arc<Self>, task: &Task) {
-        let armed = lock!(self.state).remove(task);
-        if let Some(armed) = armed {
-            self.fire_soon(armed);
+    /// Takes the armed `task` out of its bucket and has the driver end it on a worker (its
+    /// cancel bit is set: it ends with `TB_ERR_CANCELLED`). Nothing to do when it is not there:
+    /// it is firing, and its `Fire` task sees the bit. The task stays the queue's until then,
+    /// so that a shutdown under way ends it with the others, never on the cancelling thread.
+    pub(crate) fn cancel(&self, task: &Task) {
+        let mut state = lock!(self.state);
+        let Some(armed) = state.remove(task) else {
+            return;
+        };
+        state.cancelled.push(armed);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -127,8 +137,8 @@ impl TimerQueue {
         });
     }
 
-    /// Moves the tasks due by now into `fired` (at most [`BATCH`]) and makes `waker` the one an
-    /// earlier insertion wakes. Returns when the next task is due: now when more are, [`NEVER`]
+    /// Moves the cancelled tasks and those due by now into `fired` (at most [`BATCH`] due ones)
+    /// and makes `waker` the one an earlier insertion or a cancel wakes. Returns when the next task is due: now when more are, [`NEVER`]
     /// when none is armed; `None` once the queue is closed.
     fn take_due(&self, waker: &Waker, fired: &mut Vec<Armed>) -> Option<u64> {
         let now = now_ns();
@@ -136,9 +146,10 @@ impl TimerQueue {
         if state.closed {
             return None;
         }
+        fired.append(&mut state.cancelled);
         // Taken from the end of a bucket, so that the others keep their index.
         while let Some(mut first) = state.due.first_entry() {
-            if *first.key() > now / MS {
+            if *first.key() > now / MS || fired.len() >= BATCH {
                 break;
             }
             let bucket = first.get_mut();
@@ -146,9 +157,6 @@ impl TimerQueue {
             fired.extend(bucket.drain(bucket.len().saturating_sub(room)..));
             if bucket.is_empty() {
                 first.remove();
-            }
-            if fired.len() == BATCH {
-                break;
             }
         }
         let next = match state.due.first_key_value() {
@@ -165,13 +173,17 @@ impl TimerQueue {
 
     /// Refuses new insertions and ends every armed task with `TB_ERR_SHUTDOWN`, on this thread.
     fn close(&self) {
-        let (armed, waker) = {
+        let (armed, cancelled, waker) = {
             let mut state = lock!(self.state);
             state.closed = true;
-            (std::mem::take(&mut state.due), state.waker.take())
+            (
+                std::mem::take(&mut state.due),
+                std::mem::take(&mut state.cancelled),
+                state.waker.take(),
+            )
         };
         // Outside the lock: ending a task runs its callbacks.
-        drop((armed, waker));
+        drop((armed, cancelled, waker));
     }
 }
 
@@ -250,6 +262,8 @@ impl Future for Driver {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            // Elapsed: set it again even for the same `next`, so that it can never spin.
+            this.until = NEVER;
         }
     }
 }

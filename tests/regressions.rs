@@ -141,3 +141,96 @@ fn the_outcome_is_ready_when_the_tag_is_drained() {
     assert_eq!(tb_queue_free(q), TB_OK);
     shutdown(rt);
 }
+
+mod cancel_during_shutdown {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use tokio_bridge::timer::*;
+
+    static RT: AtomicU64 = AtomicU64::new(0);
+    static LONG: AtomicU64 = AtomicU64::new(0);
+    static FIRST_SHUT: AtomicBool = AtomicBool::new(true);
+    static CANCELLED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Ends a sleep; the first one ended by the shutdown cancels the long timer from another
+    /// thread, while the runtime's tasks are being dropped.
+    unsafe extern "C" fn sleep_done(_arg: *mut c_void, _t: tb_task, o: *const tb_outcome) {
+        if (*o).status == TB_ERR_SHUTDOWN && FIRST_SHUT.swap(false, Ordering::SeqCst) {
+            let canceller = thread::Builder::new()
+                .name("canceller".into())
+                .spawn(|| {
+                    tb_task_cancel(tb_task {
+                        id: LONG.load(Ordering::SeqCst),
+                    })
+                })
+                .unwrap();
+            CANCELLED.store(canceller.join().unwrap() as u64, Ordering::SeqCst);
+        }
+    }
+
+    /// Starts many sleeps with no delay, then shuts the runtime down from the worker.
+    unsafe extern "C" fn start_sleeps_and_shut_down(_arg: *mut c_void, _tick: u64) -> i32 {
+        let rt = tb_runtime {
+            id: RT.load(Ordering::SeqCst),
+        };
+        for _ in 0..2000 {
+            let mut s = tb_task::default();
+            assert_eq!(tb_sleep(rt, 0, &mut s), TB_OK);
+            assert_eq!(
+                tb_task_on_complete(s, Some(sleep_done), std::ptr::null_mut()),
+                TB_OK
+            );
+            assert_eq!(tb_task_release(s), TB_OK);
+        }
+        assert_eq!(tb_runtime_shutdown(rt, 0), TB_PENDING);
+        1
+    }
+
+    /// Found in review of the timer queue. A cancel that took an armed timer out of the queue
+    /// handed it to Tokio, which, while the runtime shuts down, drops what it is handed at
+    /// once: the timer's `free_arg` and completion callback then ran inside `tb_task_cancel`,
+    /// on the cancelling thread (a C caller holding a lock the callback takes deadlocks). A
+    /// cancelled timer now stays the queue's until the queue's driver ends it on a worker.
+    #[test]
+    fn a_timer_cancelled_during_shutdown_ends_on_a_worker() {
+        let rt = runtime_with(&config(1, 8));
+        RT.store(rt.id, Ordering::SeqCst);
+        let p = probe();
+        let mut long = tb_task::default();
+        assert_eq!(
+            tb_timer_start(
+                rt,
+                60_000,
+                0,
+                Some(tick_fn),
+                arg(p),
+                Some(free_fn),
+                &mut long
+            ),
+            TB_OK
+        );
+        assert_eq!(tb_task_on_complete(long, Some(complete_fn), arg(p)), TB_OK);
+        LONG.store(long.id, Ordering::SeqCst);
+        let mut trigger = tb_task::default();
+        let tick =
+            Some(start_sleeps_and_shut_down as unsafe extern "C" fn(*mut c_void, u64) -> i32);
+        assert_eq!(
+            tb_timer_start(rt, 5, 0, tick, std::ptr::null_mut(), None, &mut trigger),
+            TB_OK
+        );
+        assert_eq!(tb_task_wait(long, 20_000), TB_OK);
+        let status = outcome(long).status;
+        assert!(
+            status == TB_ERR_CANCELLED || status == TB_ERR_SHUTDOWN,
+            "status {status}"
+        );
+        assert_eq!(p.frees.load(Ordering::SeqCst), 1);
+        let threads = p.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 1);
+        assert!(
+            threads[0].starts_with("tb-worker-"),
+            "the completion ran on {}",
+            threads[0]
+        );
+    }
+}
