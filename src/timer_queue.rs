@@ -138,8 +138,9 @@ impl TimerQueue {
     }
 
     /// Moves the cancelled tasks and those due by now into `fired` (at most [`BATCH`] due ones)
-    /// and makes `waker` the one an earlier insertion or a cancel wakes. Returns when the next task is due: now when more are, [`NEVER`]
-    /// when none is armed; `None` once the queue is closed.
+    /// and makes `waker` the one an earlier insertion or a cancel wakes. Returns when the next
+    /// task is due: now when more are, [`NEVER`] when none is armed; `None` once the queue is
+    /// closed.
     fn take_due(&self, waker: &Waker, fired: &mut Vec<Armed>) -> Option<u64> {
         let now = now_ns();
         let mut state = lock!(self.state);
@@ -171,7 +172,8 @@ impl TimerQueue {
         Some(next)
     }
 
-    /// Refuses new insertions and ends every armed task with `TB_ERR_SHUTDOWN`, on this thread.
+    /// Refuses new insertions and ends every task it holds, on this thread: `TB_ERR_SHUTDOWN`,
+    /// or `TB_ERR_CANCELLED` for those a cancel took out of their bucket.
     fn close(&self) {
         let (armed, cancelled, waker) = {
             let mut state = lock!(self.state);
