@@ -67,7 +67,7 @@ pub(crate) struct Armed {
     task: Option<Arc<Task>>,
     /// `None` for a sleep.
     tick: Option<Tick>,
-    arg: Option<UserArg>,
+    arg: UserArg,
     ticks: u64,
     counters: Arc<Counters>,
 }
@@ -83,7 +83,7 @@ impl Armed {
         let Some(task) = self.task.take() else {
             return;
         };
-        drop(self.arg.take());
+        self.arg.free_now();
         if let Some(cancelled) = task.begin_completion() {
             let (status, code) = match (cancelled, result) {
                 (true, _) => (TB_ERR_CANCELLED, 0),
@@ -113,7 +113,7 @@ impl Armed {
         let Some(tick) = &self.tick else {
             return self.end(Some((TB_OK, 0)));
         };
-        let arg = self.arg.as_ref().map_or(std::ptr::null_mut(), UserArg::ptr);
+        let arg = self.arg.ptr();
         let ticks = self.ticks;
         let code = context::as_task(task.id, || {
             stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
@@ -172,7 +172,7 @@ fn spawn(
     let armed = Armed {
         task: Some(Arc::clone(&task)),
         tick,
-        arg: Some(UserArg::new(arg, free_arg)),
+        arg: UserArg::new(arg, free_arg),
         ticks: 0,
         counters: Arc::clone(&runtime.counters),
     };

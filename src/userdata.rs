@@ -36,15 +36,20 @@ impl UserArg {
     pub(crate) fn disarm(mut self) {
         self.free = None;
     }
-}
 
-impl Drop for UserArg {
-    fn drop(&mut self) {
+    /// Frees `arg` now, if the library owns it; dropping it later frees nothing.
+    pub(crate) fn free_now(&mut self) {
         if let Some(free) = self.free.take() {
             stall::timed(TB_STALL_FREE, free as usize, self.ptr, || {
                 // SAFETY: `free` is the caller's destructor for `ptr`, called exactly once.
                 unsafe { free(self.ptr) }
             })
         }
+    }
+}
+
+impl Drop for UserArg {
+    fn drop(&mut self) {
+        self.free_now();
     }
 }
