@@ -185,11 +185,12 @@ pub extern "C" fn tb_task_outcome(t: tb_task, out: *mut tb_outcome) -> tb_status
 pub extern "C" fn tb_task_cancel(t: tb_task) -> tb_status {
     boundary("tb_task_cancel", || {
         let task = TASKS.get(t.id)?;
-        match (task.cancel(), &task.work) {
-            (Cancelled::Claimed, _) => {
-                job::cancel_queued(&task);
-                Ok(TB_OK)
-            }
+        let cancelled = match &task.work {
+            Work::Blocking(_) => job::cancel(&task),
+            Work::Async(_) => task.cancel(),
+        };
+        match (cancelled, &task.work) {
+            (Cancelled::Claimed, _) => Ok(TB_OK), // ended on this thread
             (Cancelled::Requested, Work::Blocking(_)) => Err(Error::new(
                 TB_ERR_BUSY,
                 "the job is running and cannot be stopped; tb_job_cancelled now returns true \

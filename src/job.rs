@@ -14,7 +14,7 @@ use crate::error::{
 use crate::panic::boundary;
 use crate::pool::Pool;
 use crate::runtime::tb_runtime;
-use crate::state::QUEUED;
+use crate::state::{Cancelled, QUEUED};
 use crate::sync::{micros_between, now_ns};
 use crate::task::{Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
@@ -135,10 +135,12 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
     });
 }
 
-/// Cancels a queued job (it never runs) or flags a running one; see `tb_task_cancel`.
-pub(crate) fn cancel_queued(task: &Task) {
-    abandon(task, TB_ERR_CANCELLED);
-    blocking(task).pool.forget_queued();
+/// Cancels a job: a queued one never runs and ends now, on this thread; a running one is only
+/// flagged. See `tb_task_cancel`.
+pub(crate) fn cancel(task: &Task) -> Cancelled {
+    blocking(task)
+        .pool
+        .cancel(task, || abandon(task, TB_ERR_CANCELLED))
 }
 
 /// Submits `func(arg, job)` to run once on the runtime's blocking pool.

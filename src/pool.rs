@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
+use crate::state::Cancelled;
 use crate::sync::{lock, now_ns, wait_until, Spin};
 use crate::task::Task;
 
@@ -34,6 +35,9 @@ struct State {
     queue: VecDeque<Arc<Task>>,
     /// Jobs in `queue` that are still waiting (cancelled ones are skipped when popped).
     queued: usize,
+    /// Jobs claimed by a cancel whose `free_arg` and completion callback still run on the
+    /// cancelling thread: a shutdown waits for them as for running jobs.
+    ending: usize,
     /// Jobs accepted since the pool started (counted here, under the lock the submission takes
     /// anyway, rather than in a counter shared with the drainers).
     submitted: u64,
@@ -180,13 +184,40 @@ impl Pool {
         ))
     }
 
-    /// A queued job was cancelled: it no longer counts as queued.
-    ///
-    /// A shutdown may have emptied the queue (and zeroed the count) between the cancel's claim
-    /// and this call: then there is nothing left to subtract.
-    pub(crate) fn forget_queued(&self) {
+    /// Cancels `task`, a job of this pool (see `State::cancel`). A queued job is claimed under
+    /// the pool's lock, so that a shutdown sees it either queued (and ends it itself) or
+    /// claimed; it then counts as ending while `abandon` runs its `free_arg` and completion
+    /// callback on this thread, and [`wait_idle`](Self::wait_idle) waits for that too.
+    pub(crate) fn cancel(&self, task: &Task, abandon: impl FnOnce()) -> Cancelled {
+        /// Ends the count of a claimed job when `abandon` returns (or unwinds).
+        struct Ending<'a>(&'a Pool);
+        impl Drop for Ending<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                state.ending -= 1;
+                self.0.notify_if_idle(&state);
+            }
+        }
         let mut state = self.lock();
-        state.queued = state.queued.saturating_sub(1);
+        let cancelled = task.cancel();
+        if !matches!(cancelled, Cancelled::Claimed) {
+            return cancelled;
+        }
+        if !state.closed {
+            state.queued -= 1; // a closed pool's queue was emptied, and its count zeroed
+        }
+        state.ending += 1;
+        drop(state);
+        let _ending = Ending(self);
+        abandon();
+        cancelled
+    }
+
+    /// Wakes a shutdown waiting in [`wait_idle`](Self::wait_idle) once no job runs or ends.
+    fn notify_if_idle(&self, state: &State) {
+        if state.closed && state.running == 0 && state.ending == 0 {
+            self.idle.notify_all();
+        }
     }
 
     /// Counts one more drainer if the pool should grow now.
@@ -270,9 +301,7 @@ impl Pool {
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
-                if state.running == 0 && state.closed {
-                    self.idle.notify_all();
-                }
+                self.notify_if_idle(&state);
                 continue;
             }
             if state.closed {
@@ -345,10 +374,11 @@ impl Pool {
         }
     }
 
-    /// Waits until no job is running or `deadline` passes. True if none is running.
+    /// Waits until no job is running or being ended by a cancel, or `deadline` passes. True if
+    /// none is.
     pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
         let mut state = self.lock();
-        while state.running > 0 {
+        while state.running > 0 || state.ending > 0 {
             let (guard, expired) = wait_until!(self.idle, state, deadline);
             state = guard;
             if expired {

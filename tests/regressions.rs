@@ -34,14 +34,15 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
-/// Found by the model test. `Pool::forget_queued` decrements the
-/// queued count after `tb_task_cancel` has claimed a queued job; if `tb_runtime_shutdown` runs
-/// `Pool::close` in between, close has already set the count to 0 and the decrement underflows:
+/// Found by the model test. The pool's queued count was decremented after `tb_task_cancel` had
+/// claimed a queued job; if `tb_runtime_shutdown` ran `Pool::close` in between, close had
+/// already set the count to 0 and the decrement underflowed:
 /// in a debug build a panic, caught by the boundary, so `tb_task_cancel` returns `TB_ERR_PANIC`
 /// (undocumented) and the job is left claimed but never settled: its completion callback never
 /// runs, `tb_task_poll` says `TB_PENDING` forever and `tb_task_wait(TB_FOREVER)` hangs (its
 /// `free_arg` runs only when the last reference goes). In a release build the count wraps to
-/// `usize::MAX` instead. Usually fails within the first 50 rounds on 2 cores.
+/// `usize::MAX` instead. Usually failed within the first 50 rounds on 2 cores. The claim and
+/// the count now change together under the pool's lock (`Pool::cancel`).
 #[test]
 fn cancel_racing_shutdown_never_panics_and_every_task_finishes() {
     for round in 0..200 {
@@ -232,5 +233,68 @@ mod cancel_during_shutdown {
             "the completion ran on {}",
             threads[0]
         );
+    }
+}
+
+mod cancel_racing_shutdown_callbacks {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static DONE: AtomicBool = AtomicBool::new(false);
+
+    /// Holds the only blocking thread until the shutdown flags it.
+    unsafe extern "C" fn hold(_arg: *mut c_void, job: *mut tb_job) -> i32 {
+        for _ in 0..10_000 {
+            if tb_job_cancelled(job) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
+
+    /// The cancelled job's completion callback: slow, on the cancelling thread.
+    unsafe extern "C" fn slow_completion(_arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
+        STARTED.store(true, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(300));
+        DONE.store(true, Ordering::SeqCst);
+    }
+
+    /// Found by the model test's soak. `tb_task_cancel` of a queued job claims it, then runs its
+    /// `free_arg` and completion callback on the cancelling thread; a `tb_runtime_shutdown`
+    /// meanwhile found the job claimed, left it to the canceller and returned `TB_OK` while
+    /// the callback still ran, though `TB_OK` promises that no callback of the runtime runs
+    /// after it. The pool now counts a job claimed by a cancel until its callbacks returned,
+    /// and the shutdown waits for it.
+    #[test]
+    fn shutdown_waits_for_the_callbacks_of_a_job_cancelled_meanwhile() {
+        let rt = runtime_with(&config(1, 1));
+        let mut held = tb_task::default();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(hold), std::ptr::null_mut(), None, &mut held),
+            TB_OK
+        );
+        let mut queued = tb_task::default();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
+            TB_OK
+        );
+        assert_eq!(
+            tb_task_on_complete(queued, Some(slow_completion), std::ptr::null_mut()),
+            TB_OK
+        );
+        let canceller = thread::spawn(move || tb_task_cancel(queued));
+        while !STARTED.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(tb_runtime_shutdown(rt, TB_FOREVER), TB_OK);
+        assert!(
+            DONE.load(Ordering::SeqCst),
+            "tb_runtime_shutdown returned TB_OK while a completion callback of its runtime ran"
+        );
+        assert_eq!(canceller.join().unwrap(), TB_OK);
+        assert_eq!(outcome(queued).status, TB_ERR_CANCELLED);
+        assert_eq!(outcome(held).status, TB_OK);
     }
 }
