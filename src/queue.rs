@@ -266,12 +266,9 @@ pub extern "C" fn tb_queue_fd(q: tb_queue, fd: *mut i32) -> tb_status {
             return Err(Error::null("fd"));
         }
         let queue = lookup(q)?;
-        let raw = queue
-            .lock()
-            .signal
-            .as_ref()
-            .map(Signal::readable_fd)
-            .expect("a live queue has its fd");
+        let raw = queue.lock().signal.as_ref().map(Signal::readable_fd);
+        // A `tb_queue_free` on another thread since the lookup has closed the fd.
+        let raw = raw.ok_or_else(|| Error::bad_handle("queue", q.id, "was freed"))?;
         // SAFETY: checked non-NULL.
         unsafe { fd.write(raw) };
         Ok(TB_OK)

@@ -298,3 +298,39 @@ mod cancel_racing_shutdown_callbacks {
         assert_eq!(outcome(held).status, TB_OK);
     }
 }
+
+/// Found by the model test's soak. `tb_queue_fd` looked the queue up, then read its fd, and
+/// took a fd closed by a `tb_queue_free` on another thread in between for a broken invariant:
+/// `TB_ERR_PANIC` (undocumented). It now answers `TB_ERR_BAD_HANDLE`, as it would a moment
+/// later. The race is narrow: this test hit it in most runs before the fix, not all.
+#[test]
+fn queue_fd_racing_queue_free_is_a_bad_handle() {
+    use std::sync::atomic::AtomicU64;
+    use tokio_bridge::queue::*;
+    static CURRENT: AtomicU64 = AtomicU64::new(0);
+    let done = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+    let reader = thread::spawn(|| {
+        let mut statuses = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            let mut fd = -1;
+            let q = tb_queue {
+                id: CURRENT.load(Ordering::SeqCst),
+            };
+            let status = tb_queue_fd(q, &mut fd);
+            if status != TB_OK && status != TB_ERR_BAD_HANDLE {
+                statuses.push(status);
+            }
+        }
+        statuses
+    });
+    for _ in 0..50_000 {
+        let mut q = tb_queue::default();
+        assert_eq!(tb_queue_new(&mut q), TB_OK);
+        CURRENT.store(q.id, Ordering::SeqCst);
+        thread::yield_now();
+        assert_eq!(tb_queue_free(q), TB_OK);
+    }
+    done.store(true, Ordering::SeqCst);
+    let statuses = reader.join().unwrap();
+    assert!(statuses.is_empty(), "tb_queue_fd returned {statuses:?}");
+}
