@@ -847,8 +847,9 @@ tb_status tb_runtime_default(struct tb_runtime *out);
  * runtime runs after that), or `TB_TIMED_OUT` when some jobs still run: they finish later and
  * are recorded normally.
  *
- * Called from one of this runtime's own threads (inside a callback), or from an async worker of
- * any runtime, it does not wait: it starts the shutdown, returns `TB_PENDING`, and the rest
+ * Called from inside a callback of this runtime (on one of its own threads, or on a thread
+ * whose `tb_task_cancel` is ending one of its queued jobs), or from an async worker of any
+ * runtime, it does not wait: it starts the shutdown, returns `TB_PENDING`, and the rest
  * happens in the background. Task handles stay readable until released.
  * Errors: `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN` (already shut down),
  * `TB_ERR_INVALID_ARG` (the default runtime, which lives for the process).

@@ -15,6 +15,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
+use std::thread::LocalKey;
 
 static FORKED: AtomicBool = AtomicBool::new(false);
 
@@ -63,16 +64,28 @@ pub(crate) fn mark_async_worker() -> bool {
     ASYNC_WORKER.try_with(|w| !w.replace(true)).unwrap_or(false)
 }
 
-/// Runs `f` as the code of task `id` (its job or its completion callback).
-pub(crate) fn as_task<R>(id: u64, f: impl FnOnce() -> R) -> R {
-    struct Restore(u64);
+/// Runs `f` with `key` set to `value`, then puts the previous value back (also on unwind).
+fn with_set<R>(key: &'static LocalKey<Cell<u64>>, value: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static LocalKey<Cell<u64>>, u64);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let _ = CURRENT_TASK.try_with(|c| c.set(self.0));
+            let _ = self.0.try_with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(CURRENT_TASK.try_with(|c| c.replace(id)).unwrap_or(0));
+    let _restore = Restore(key, key.try_with(|c| c.replace(value)).unwrap_or(0));
     f()
+}
+
+/// Runs `f` as the code of task `id` (its job or its completion callback).
+pub(crate) fn as_task<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    with_set(&CURRENT_TASK, id, f)
+}
+
+/// Runs `f` as code of the runtime with this serial number on a thread it does not own (the
+/// callbacks of a job cancelled while queued, on the cancelling thread), so that a shutdown of
+/// that runtime from inside `f` does not wait, as it would wait for `f` itself.
+pub(crate) fn as_runtime<R>(serial: u64, f: impl FnOnce() -> R) -> R {
+    with_set(&RUNTIME_SERIAL, serial, f)
 }
 
 /// The id of the task whose code runs on this thread, or 0.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::context;
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
 use crate::state::Cancelled;
@@ -76,6 +77,8 @@ pub(crate) struct Snapshot {
 
 /// The blocking-job queue of one runtime.
 pub(crate) struct Pool {
+    /// The serial number of the runtime (see `context::runtime_serial`).
+    serial: u64,
     handle: tokio::runtime::Handle,
     pub(crate) counters: Arc<Counters>,
     cpus: usize,
@@ -98,6 +101,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(
+        serial: u64,
         handle: tokio::runtime::Handle,
         max_threads: usize,
         max_queued: usize,
@@ -105,6 +109,7 @@ impl Pool {
         counters: Arc<Counters>,
     ) -> Self {
         Pool {
+            serial,
             handle,
             counters,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -187,7 +192,9 @@ impl Pool {
     /// Cancels `task`, a job of this pool (see `State::cancel`). A queued job is claimed under
     /// the pool's lock, so that a shutdown sees it either queued (and ends it itself) or
     /// claimed; it then counts as ending while `abandon` runs its `free_arg` and completion
-    /// callback on this thread, and [`wait_idle`](Self::wait_idle) waits for that too.
+    /// callback on this thread, and [`wait_idle`](Self::wait_idle) waits for that too. Those
+    /// callbacks run as code of the runtime: a shutdown from inside them does not wait for them
+    /// (see `context::as_runtime`).
     pub(crate) fn cancel(&self, task: &Task, abandon: impl FnOnce()) -> Cancelled {
         /// Ends the count of a claimed job when `abandon` returns (or unwinds).
         struct Ending<'a>(&'a Pool);
@@ -209,7 +216,7 @@ impl Pool {
         state.ending += 1;
         drop(state);
         let _ending = Ending(self);
-        abandon();
+        context::as_runtime(self.serial, abandon);
         cancelled
     }
 

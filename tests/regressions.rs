@@ -299,6 +299,72 @@ mod cancel_racing_shutdown_callbacks {
     }
 }
 
+mod shutdown_inside_a_cancelled_jobs_callback {
+    use super::*;
+    use std::sync::atomic::AtomicI64;
+    use std::sync::mpsc;
+
+    static RT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static SHUTDOWN_STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+    unsafe extern "C" fn hold(_arg: *mut c_void, job: *mut tb_job) -> i32 {
+        for _ in 0..10_000 {
+            if tb_job_cancelled(job) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
+
+    unsafe extern "C" fn shut_down(_arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
+        let rt = tb_runtime {
+            id: RT.load(Ordering::SeqCst),
+        };
+        SHUTDOWN_STATUS.store(
+            i64::from(tb_runtime_shutdown(rt, TB_FOREVER)),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Guards the fix above against a deadlock of its own: the completion callback of a job
+    /// cancelled while queued runs on the cancelling thread, and a shutdown of the job's
+    /// runtime from inside it must not wait for the cancel that is running it. Like a shutdown
+    /// from any callback of the runtime, it returns `TB_PENDING` and finishes in the
+    /// background.
+    #[test]
+    fn shutting_the_runtime_down_from_a_cancelled_jobs_callback_does_not_wait_for_itself() {
+        let rt = runtime_with(&config(1, 1));
+        RT.store(rt.id, Ordering::SeqCst);
+        let mut held = tb_task::default();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(hold), std::ptr::null_mut(), None, &mut held),
+            TB_OK
+        );
+        let mut queued = tb_task::default();
+        assert_eq!(
+            tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
+            TB_OK
+        );
+        assert_eq!(
+            tb_task_on_complete(queued, Some(shut_down), std::ptr::null_mut()),
+            TB_OK
+        );
+        let (sent, cancelled) = mpsc::channel();
+        thread::spawn(move || sent.send(tb_task_cancel(queued)).unwrap());
+        let status = cancelled
+            .recv_timeout(Duration::from_secs(20))
+            .expect("tb_task_cancel hung: the shutdown inside its callback waited for it");
+        assert_eq!(status, TB_OK);
+        assert_eq!(
+            SHUTDOWN_STATUS.load(Ordering::SeqCst),
+            i64::from(TB_PENDING)
+        );
+        assert_eq!(tb_task_wait(held, 20_000), TB_OK);
+        assert_eq!(outcome(queued).status, TB_ERR_CANCELLED);
+    }
+}
+
 /// Found by the model test's soak. `tb_queue_fd` looked the queue up, then read its fd, and
 /// took a fd closed by a `tb_queue_free` on another thread in between for a broken invariant:
 /// `TB_ERR_PANIC` (undocumented). It now answers `TB_ERR_BAD_HANDLE`, as it would a moment
