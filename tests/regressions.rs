@@ -236,23 +236,45 @@ mod cancel_during_shutdown {
     }
 }
 
+/// Holds its blocking thread until a shutdown flags the job.
+unsafe extern "C" fn hold_until_cancelled(_arg: *mut c_void, job: *mut tb_job) -> i32 {
+    for _ in 0..10_000 {
+        if tb_job_cancelled(job) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
+/// A runtime with one blocking thread, held by a job, and a quick job queued behind it with
+/// `completion` registered: (runtime, held job, queued job).
+fn one_job_held_one_queued(completion: tb_complete_fn) -> (tb_runtime, tb_task, tb_task) {
+    let rt = runtime_with(&config(1, 1));
+    let mut held = tb_task::default();
+    let hold = Some(hold_until_cancelled as unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32);
+    assert_eq!(
+        tb_spawn_blocking(rt, hold, std::ptr::null_mut(), None, &mut held),
+        TB_OK
+    );
+    let mut queued = tb_task::default();
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
+        TB_OK
+    );
+    assert_eq!(
+        tb_task_on_complete(queued, completion, std::ptr::null_mut()),
+        TB_OK
+    );
+    (rt, held, queued)
+}
+
 mod cancel_racing_shutdown_callbacks {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
     static STARTED: AtomicBool = AtomicBool::new(false);
     static DONE: AtomicBool = AtomicBool::new(false);
-
-    /// Holds the only blocking thread until the shutdown flags it.
-    unsafe extern "C" fn hold(_arg: *mut c_void, job: *mut tb_job) -> i32 {
-        for _ in 0..10_000 {
-            if tb_job_cancelled(job) {
-                break;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        0
-    }
 
     /// The cancelled job's completion callback: slow, on the cancelling thread.
     unsafe extern "C" fn slow_completion(_arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
@@ -269,21 +291,7 @@ mod cancel_racing_shutdown_callbacks {
     /// and the shutdown waits for it.
     #[test]
     fn shutdown_waits_for_the_callbacks_of_a_job_cancelled_meanwhile() {
-        let rt = runtime_with(&config(1, 1));
-        let mut held = tb_task::default();
-        assert_eq!(
-            tb_spawn_blocking(rt, Some(hold), std::ptr::null_mut(), None, &mut held),
-            TB_OK
-        );
-        let mut queued = tb_task::default();
-        assert_eq!(
-            tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
-            TB_OK
-        );
-        assert_eq!(
-            tb_task_on_complete(queued, Some(slow_completion), std::ptr::null_mut()),
-            TB_OK
-        );
+        let (rt, held, queued) = one_job_held_one_queued(Some(slow_completion));
         let canceller = thread::spawn(move || tb_task_cancel(queued));
         while !STARTED.load(Ordering::SeqCst) {
             thread::sleep(Duration::from_millis(1));
@@ -307,16 +315,6 @@ mod shutdown_inside_a_cancelled_jobs_callback {
     static RT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     static SHUTDOWN_STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
 
-    unsafe extern "C" fn hold(_arg: *mut c_void, job: *mut tb_job) -> i32 {
-        for _ in 0..10_000 {
-            if tb_job_cancelled(job) {
-                break;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        0
-    }
-
     unsafe extern "C" fn shut_down(_arg: *mut c_void, _t: tb_task, _o: *const tb_outcome) {
         let rt = tb_runtime {
             id: RT.load(Ordering::SeqCst),
@@ -334,22 +332,8 @@ mod shutdown_inside_a_cancelled_jobs_callback {
     /// background.
     #[test]
     fn shutting_the_runtime_down_from_a_cancelled_jobs_callback_does_not_wait_for_itself() {
-        let rt = runtime_with(&config(1, 1));
+        let (rt, held, queued) = one_job_held_one_queued(Some(shut_down));
         RT.store(rt.id, Ordering::SeqCst);
-        let mut held = tb_task::default();
-        assert_eq!(
-            tb_spawn_blocking(rt, Some(hold), std::ptr::null_mut(), None, &mut held),
-            TB_OK
-        );
-        let mut queued = tb_task::default();
-        assert_eq!(
-            tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
-            TB_OK
-        );
-        assert_eq!(
-            tb_task_on_complete(queued, Some(shut_down), std::ptr::null_mut()),
-            TB_OK
-        );
         let (sent, cancelled) = mpsc::channel();
         thread::spawn(move || sent.send(tb_task_cancel(queued)).unwrap());
         let status = cancelled
