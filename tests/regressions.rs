@@ -236,8 +236,10 @@ mod cancel_during_shutdown {
     }
 }
 
-/// Holds its blocking thread until a shutdown flags the job.
-unsafe extern "C" fn hold_until_cancelled(_arg: *mut c_void, job: *mut tb_job) -> i32 {
+/// Holds its blocking thread until a shutdown flags the job; sets the `AtomicBool` its `arg`
+/// points to once it runs.
+unsafe extern "C" fn hold_until_cancelled(arg: *mut c_void, job: *mut tb_job) -> i32 {
+    (*arg.cast::<std::sync::atomic::AtomicBool>()).store(true, Ordering::SeqCst);
     for _ in 0..10_000 {
         if tb_job_cancelled(job) {
             break;
@@ -247,16 +249,19 @@ unsafe extern "C" fn hold_until_cancelled(_arg: *mut c_void, job: *mut tb_job) -
     0
 }
 
-/// A runtime with one blocking thread, held by a job, and a quick job queued behind it with
-/// `completion` registered: (runtime, held job, queued job).
+/// A runtime with one blocking thread, held by a job (running, so that a shutdown lets it end
+/// with `TB_OK`), and a quick job queued behind it with `completion` registered: (runtime, held
+/// job, queued job).
 fn one_job_held_one_queued(completion: tb_complete_fn) -> (tb_runtime, tb_task, tb_task) {
     let rt = runtime_with(&config(1, 1));
     let mut held = tb_task::default();
     let hold = Some(hold_until_cancelled as unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32);
-    assert_eq!(
-        tb_spawn_blocking(rt, hold, std::ptr::null_mut(), None, &mut held),
-        TB_OK
-    );
+    let running: &'static std::sync::atomic::AtomicBool = Box::leak(Box::default());
+    let arg = std::ptr::from_ref(running).cast_mut().cast();
+    assert_eq!(tb_spawn_blocking(rt, hold, arg, None, &mut held), TB_OK);
+    while !running.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(1));
+    }
     let mut queued = tb_task::default();
     assert_eq!(
         tb_spawn_blocking(rt, Some(quick_job), std::ptr::null_mut(), None, &mut queued),
@@ -296,7 +301,12 @@ mod cancel_racing_shutdown_callbacks {
         while !STARTED.load(Ordering::SeqCst) {
             thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(tb_runtime_shutdown(rt, TB_FOREVER), TB_OK);
+        assert_eq!(
+            tb_runtime_shutdown(rt, TB_FOREVER),
+            TB_OK,
+            "{}",
+            last_error()
+        );
         assert!(
             DONE.load(Ordering::SeqCst),
             "tb_runtime_shutdown returned TB_OK while a completion callback of its runtime ran"
