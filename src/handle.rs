@@ -13,15 +13,28 @@
 //! is expected is refused. The generation of a slot grows each time the slot is emptied, so a
 //! released or stale id no longer matches. Tags start at 1, so the id 0 is never valid.
 //!
-//! Each table is split into shards, each behind its own small mutex, so that threads submitting
-//! work at the same time do not contend on one lock: a thread inserts into "its" shard and a
-//! lookup goes straight to the shard named by the id's index.
+//! Lookups take no lock and write only their own thread's memory, so that threads polling the
+//! same task do not contend (a lock word is a cache line every caller writes). Each slot is a generation and
+//! a pointer, both atomic, in chunks that never move or go away: a lookup loads the pointer, then
+//! checks the generation. An object removed from the table may still be read by a lookup that
+//! loaded its pointer just before, so the table's reference to it is dropped only once no such
+//! lookup can still be reading it (see [`crate::reclaim`]): at once in the usual case. Objects
+//! whose end matters (a runtime's threads, a queue's fd) are ended by the call that removes
+//! them, so even a late drop only frees memory.
+//!
+//! Taking and giving back slots is rarer and takes a lock: each table is split into shards,
+//! each with its own small mutex over its free list, and a thread takes slots from "its" shard,
+//! so that threads submitting work at the same time do not contend on one lock.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, TB_ERR_OS};
+use crate::reclaim::{self, Reclaimer};
 use crate::sync::lock;
 
 const SHARDS: usize = 16;
@@ -29,6 +42,11 @@ const INDEX_BITS: u32 = 32;
 const GENERATION_BITS: u32 = 28;
 const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 const TAG_SHIFT: u32 = INDEX_BITS + GENERATION_BITS;
+/// Slots in a shard's first chunk; each next chunk has twice as many as the one before.
+const FIRST_CHUNK: usize = 64;
+/// Chunks per shard: enough for every slot an index can name.
+const CHUNKS: usize = 23;
+const _: () = assert!(FIRST_CHUNK * ((1 << CHUNKS) - 1) >= (1 << INDEX_BITS) / SHARDS);
 
 /// Tag of runtime handles.
 pub(crate) const TAG_RUNTIME: u8 = 1;
@@ -38,20 +56,32 @@ pub(crate) const TAG_TASK: u8 = 2;
 pub(crate) const TAG_QUEUE: u8 = 3;
 
 struct Slot<T> {
-    generation: u32,
-    value: Option<Arc<T>>,
+    generation: AtomicU32,
+    /// The table's reference (from `Arc::into_raw`); null while the slot is free or reserved.
+    value: AtomicPtr<T>,
+}
+
+/// Which of a shard's slots are taken: changed under the shard's lock.
+struct Slots {
+    /// How many slots were ever handed out (each chunk is allocated when its first slot is).
+    issued: usize,
+    free: Vec<u32>,
 }
 
 struct Shard<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
+    /// Allocated once under the lock and never freed: the tables are statics.
+    chunks: [AtomicPtr<Slot<T>>; CHUNKS],
+    slots: Mutex<Slots>,
 }
 
 /// A table of live objects of one type, addressed by generation-checked ids.
 pub(crate) struct HandleTable<T> {
     tag: u8,
-    shards: [Mutex<Shard<T>>; SHARDS],
+    shards: [Shard<T>; SHARDS],
     live: AtomicUsize,
+    removed: Reclaimer<T>,
+    /// The table holds references to its objects: it is `Send`/`Sync` as an `Arc<T>` is.
+    _holds: PhantomData<Arc<T>>,
 }
 
 thread_local! {
@@ -59,7 +89,7 @@ thread_local! {
 }
 static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
 
-/// The shard this thread inserts into: assigned round-robin on first use, then fixed.
+/// The shard this thread takes slots from: assigned round-robin on first use, then fixed.
 fn home_shard() -> usize {
     HOME_SHARD
         .try_with(|home| {
@@ -71,17 +101,29 @@ fn home_shard() -> usize {
         .unwrap_or(0)
 }
 
+/// The chunk of a shard's slot `local` and its offset there.
+fn locate(local: usize) -> (usize, usize) {
+    let n = local / FIRST_CHUNK + 1;
+    let chunk = (usize::BITS - 1 - n.leading_zeros()) as usize;
+    (chunk, local - FIRST_CHUNK * ((1 << chunk) - 1))
+}
+
 impl<T> HandleTable<T> {
     pub(crate) const fn new(tag: u8) -> Self {
         HandleTable {
             tag,
             shards: [const {
-                Mutex::new(Shard {
-                    slots: Vec::new(),
-                    free: Vec::new(),
-                })
+                Shard {
+                    chunks: [const { AtomicPtr::new(ptr::null_mut()) }; CHUNKS],
+                    slots: Mutex::new(Slots {
+                        issued: 0,
+                        free: Vec::new(),
+                    }),
+                }
             }; SHARDS],
             live: AtomicUsize::new(0),
+            removed: Reclaimer::new(),
+            _holds: PhantomData,
         }
     }
 
@@ -93,60 +135,83 @@ impl<T> HandleTable<T> {
         }
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<T>> {
-        lock!(self.shards[shard])
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Slots> {
+        lock!(self.shards[shard].slots)
+    }
+
+    /// Slot `local` of `shard`, if its chunk was ever allocated.
+    fn slot(&self, shard: usize, local: usize) -> Option<&Slot<T>> {
+        let (chunk, offset) = locate(local);
+        let base = self.shards[shard]
+            .chunks
+            .get(chunk)?
+            .load(Ordering::Acquire);
+        // SAFETY: a chunk, once published, is never freed and has `FIRST_CHUNK << chunk` slots.
+        (!base.is_null()).then(|| unsafe { &*base.add(offset) })
     }
 
     /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):
     /// lookups fail until then, so nobody can reach an object that is still being set up.
     pub(crate) fn reserve(&self) -> Result<u64, Error> {
         let shard_index = home_shard();
-        let mut shard = self.lock(shard_index);
-        let local = match shard.free.pop() {
+        let mut slots = self.lock(shard_index);
+        let local = match slots.free.pop() {
             Some(local) => local as usize,
             None => {
-                let local = shard.slots.len();
+                let local = slots.issued;
                 if (local + 1) * SHARDS > u32::MAX as usize {
                     return Err(Error::new(
                         TB_ERR_OS,
                         "the handle table is full (2^32 live handles)",
                     ));
                 }
-                shard.slots.push(Slot {
-                    generation: 1,
-                    value: None,
-                });
+                let (chunk, offset) = locate(local);
+                if offset == 0 {
+                    let fresh: Box<[Slot<T>]> = (0..FIRST_CHUNK << chunk)
+                        .map(|_| Slot {
+                            generation: AtomicU32::new(1),
+                            value: AtomicPtr::new(ptr::null_mut()),
+                        })
+                        .collect();
+                    self.shards[shard_index].chunks[chunk]
+                        .store(Box::into_raw(fresh).cast(), Ordering::Release);
+                }
+                slots.issued += 1;
                 local
             }
         };
+        let slot = self.slot(shard_index, local).expect("issued slots exist");
         let index = (local * SHARDS + shard_index) as u64;
-        let generation = u64::from(shard.slots[local].generation);
+        let generation = u64::from(slot.generation.load(Ordering::Relaxed));
         Ok((u64::from(self.tag) << TAG_SHIFT) | (generation << INDEX_BITS) | index)
     }
 
     /// Makes a reserved id live, naming `value`.
     pub(crate) fn publish(&self, id: u64, value: Arc<T>) {
         let (shard_index, local, _) = self.split(id);
-        self.lock(shard_index).slots[local].value = Some(value);
+        let slot = self.slot(shard_index, local).expect("reserved slots exist");
+        slot.value
+            .store(Arc::into_raw(value).cast_mut(), Ordering::Release);
         self.live.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives back a reserved id that was never published.
     pub(crate) fn unreserve(&self, id: u64) {
         let (shard_index, local, _) = self.split(id);
-        Self::retire(&mut self.lock(shard_index), local);
+        let slot = self.slot(shard_index, local).expect("reserved slots exist");
+        Self::retire(&mut self.lock(shard_index), slot, local);
     }
 
-    /// Empties a slot: its generation moves on, so every id naming it goes stale.
-    fn retire(shard: &mut Shard<T>, local: usize) -> Option<Arc<T>> {
-        let slot = &mut shard.slots[local];
-        slot.generation = match (slot.generation + 1) & GENERATION_MASK {
+    /// Empties a slot, under its shard's lock: its generation moves on, so every id naming it
+    /// goes stale. Returns the table's reference it held, or null if it was only reserved.
+    fn retire(slots: &mut Slots, slot: &Slot<T>, local: usize) -> *mut T {
+        let next = match (slot.generation.load(Ordering::Relaxed) + 1) & GENERATION_MASK {
             0 => 1,
             next => next,
         };
-        let value = slot.value.take();
-        shard.free.push(local as u32);
-        value
+        slot.generation.store(next, Ordering::Release);
+        slots.free.push(local as u32);
+        slot.value.swap(ptr::null_mut(), Ordering::SeqCst)
     }
 
     fn split(&self, id: u64) -> (usize, usize, u32) {
@@ -177,31 +242,38 @@ impl<T> HandleTable<T> {
         Ok(self.split(id))
     }
 
-    fn find<'a>(
-        &self,
-        shard: &'a mut Shard<T>,
-        id: u64,
-        local: usize,
-        generation: u32,
-    ) -> Result<&'a mut Slot<T>, Error> {
-        let why = match shard.slots.get_mut(local) {
-            Some(slot) if slot.generation == generation && slot.value.is_some() => return Ok(slot),
-            Some(slot) if generation < slot.generation => {
+    /// The error for `id`, which names no live object.
+    fn dead(&self, id: u64, slot: Option<&Slot<T>>, generation: u32) -> Error {
+        let why = match slot {
+            Some(slot) if generation < slot.generation.load(Ordering::Acquire) => {
                 "is not live (released, or its runtime was shut down)"
             }
             _ => "was never issued (forged or corrupted)",
         };
-        Err(Error::bad_handle(self.kind(), id, why))
+        Error::bad_handle(self.kind(), id, why)
     }
 
-    /// Runs `f` on the live object named by `id`, under the shard lock.
+    /// Runs `f` on the live object named by `id`, without a lock.
     ///
-    /// `f` must be short and must not touch any handle table or run user code.
+    /// The object may be removed meanwhile (the lookup then counts as done before the removal).
+    /// `f` must be short, as a removal meanwhile leaves the object to a later one to drop.
     pub(crate) fn with<R>(&self, id: u64, f: impl FnOnce(&Arc<T>) -> R) -> Result<R, Error> {
         let (shard_index, local, generation) = self.decode(id)?;
-        let mut shard = self.lock(shard_index);
-        let slot = self.find(&mut shard, id, local, generation)?;
-        Ok(f(slot.value.as_ref().expect("find returns live slots")))
+        let slot = self.slot(shard_index, local);
+        let found = reclaim::read(|| {
+            let slot = slot?;
+            let value = slot.value.load(Ordering::SeqCst);
+            // The generation is read after the pointer: a pointer published for a later
+            // generation of this slot comes with that generation.
+            if value.is_null() || slot.generation.load(Ordering::Acquire) != generation {
+                return None;
+            }
+            // SAFETY: `value` is the table's reference (from `Arc::into_raw`), live at the
+            // generation check; a removal does not drop it while this read section is open.
+            let value = ManuallyDrop::new(unsafe { Arc::from_raw(value) });
+            Some(f(&value))
+        });
+        found.ok_or_else(|| self.dead(id, slot, generation))
     }
 
     /// Returns a new reference to the live object named by `id`.
@@ -212,10 +284,23 @@ impl<T> HandleTable<T> {
     /// Makes `id` dead and returns the object it named; the slot is reused with a new generation.
     pub(crate) fn remove(&self, id: u64) -> Result<Arc<T>, Error> {
         let (shard_index, local, generation) = self.decode(id)?;
-        let mut shard = self.lock(shard_index);
-        self.find(&mut shard, id, local, generation)?;
-        let value = Self::retire(&mut shard, local).expect("find returns live slots");
+        let slot = self.slot(shard_index, local);
+        let mut slots = self.lock(shard_index);
+        let live = slot.filter(|slot| {
+            slot.generation.load(Ordering::Relaxed) == generation
+                && !slot.value.load(Ordering::Relaxed).is_null()
+        });
+        let Some(live) = live else {
+            drop(slots);
+            return Err(self.dead(id, slot, generation));
+        };
+        let value = Self::retire(&mut slots, live, local);
+        drop(slots);
         self.live.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: the table's reference, from `Arc::into_raw` in `publish`; no slot holds it now.
+        let held = unsafe { Arc::from_raw(value) };
+        let value = Arc::clone(&held);
+        self.removed.retire(held);
         Ok(value)
     }
 
@@ -225,11 +310,8 @@ impl<T> HandleTable<T> {
         let Ok((shard_index, local, generation)) = self.decode(id) else {
             return false;
         };
-        let shard = self.lock(shard_index);
-        shard
-            .slots
-            .get(local)
-            .is_some_and(|slot| generation < slot.generation)
+        self.slot(shard_index, local)
+            .is_some_and(|slot| generation < slot.generation.load(Ordering::Acquire))
     }
 
     /// How many ids are live in this table.
@@ -281,6 +363,65 @@ mod tests {
         );
         table.publish(id, Arc::new(value));
         id
+    }
+
+    #[test]
+    fn slots_fill_chunks_that_double() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(FIRST_CHUNK - 1), (0, FIRST_CHUNK - 1));
+        assert_eq!(locate(FIRST_CHUNK), (1, 0));
+        assert_eq!(locate(3 * FIRST_CHUNK - 1), (1, 2 * FIRST_CHUNK - 1));
+        assert_eq!(locate(3 * FIRST_CHUNK), (2, 0));
+        let last = (1 << INDEX_BITS) / SHARDS - 1;
+        let (chunk, offset) = locate(last);
+        assert!(chunk < CHUNKS && offset < FIRST_CHUNK << chunk);
+    }
+
+    /// Lookups race removals and the reuse of the same slots: a lookup either fails or finds
+    /// the object its id named, never another one, and no object is freed while read (Miri and
+    /// the sanitizers check the memory).
+    #[test]
+    fn lookups_racing_removal_and_reuse_find_the_right_object_or_none() {
+        static TABLE: HandleTable<u64> = HandleTable::new(TAG_QUEUE);
+        let rounds = if cfg!(miri) { 30 } else { 20_000 };
+        // More slots than the first chunks hold, reused over and over by one thread's shard.
+        let ids: Vec<std::sync::atomic::AtomicU64> = (0..200)
+            .map(|_| {
+                let id = TABLE.reserve().unwrap();
+                TABLE.publish(id, Arc::new(id));
+                std::sync::atomic::AtomicU64::new(id)
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    let (mut found, mut missed) = (0u64, 0u64);
+                    for round in 0..rounds * 4 {
+                        let id = ids[round % ids.len()].load(Ordering::Relaxed);
+                        match TABLE.with(id, |value| **value) {
+                            Ok(value) => {
+                                assert_eq!(value, id, "a lookup found another object");
+                                found += 1;
+                            }
+                            Err(_) => missed += 1,
+                        }
+                    }
+                    assert!(found + missed > 0);
+                });
+            }
+            for round in 0..rounds {
+                let cell = &ids[round % ids.len()];
+                let old = cell.load(Ordering::Relaxed);
+                assert_eq!(*TABLE.remove(old).unwrap(), old);
+                let id = TABLE.reserve().unwrap();
+                TABLE.publish(id, Arc::new(id));
+                cell.store(id, Ordering::Relaxed);
+            }
+        });
+        for cell in &ids {
+            TABLE.remove(cell.load(Ordering::Relaxed)).unwrap();
+        }
+        assert_eq!(TABLE.live(), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! and counters), [`stall`] (the stall detector), [`probe`] (the lateness probe), [`error`]
 //! (status codes and the last error) and [`version`]. Plumbing: [`panic`]
 //! (the boundary around every exported function), [`handle`] (generation-checked handle
-//! tables), [`state`] (the completion state machine), [`task`] (tasks and their handles),
+//! tables), [`reclaim`] (when a removed object may be dropped), [`state`] (the completion state machine), [`task`] (tasks and their handles),
 //! [`pool`] (the blocking-job queue), [`timer_queue`] (armed sleeps and timers), [`userdata`] (C
 //! data with its destructor), [`context`] (what the current thread does) and [`sync`] (locking
 //! helpers).
@@ -37,6 +37,7 @@ mod context;
 mod handle;
 mod panic;
 mod pool;
+mod reclaim;
 mod state;
 mod sync;
 mod task;

@@ -24,12 +24,12 @@ use std::time::Instant;
 
 #[cfg(all(test, tb_loom))]
 use loom::sync::{
-    atomic::{AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU8, Ordering},
     Condvar, Mutex,
 };
 #[cfg(not(all(test, tb_loom)))]
 use std::sync::{
-    atomic::{AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU8, Ordering},
     Condvar, Mutex,
 };
 
@@ -123,7 +123,6 @@ struct Inner {
     callback: Option<Callback>,
     callback_registered: bool,
     notify: Option<(Arc<Queue>, u64)>,
-    notify_registered: bool,
     waiters: u32,
     /// Boxed: most tasks never have any (only `tb_wait_any` adds them), and a box is a third
     /// of a `Vec` in every task: with a million timers every byte of a task counts a megabyte.
@@ -135,6 +134,9 @@ struct Inner {
 pub(crate) struct State {
     pub(crate) id: u64,
     state: AtomicU8,
+    /// Set (under the `inner` lock) once a queue notification is registered; read without the
+    /// lock by [`is_finished_now`](Self::is_finished_now).
+    notify_registered: AtomicBool,
     inner: Mutex<Inner>,
     finished: Condvar,
 }
@@ -154,12 +156,12 @@ impl State {
         State {
             id,
             state: AtomicU8::new(phase),
+            notify_registered: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 outcome: tb_outcome::default(),
                 callback: None,
                 callback_registered: false,
                 notify: None,
-                notify_registered: false,
                 waiters: 0,
                 watchers: None,
             }),
@@ -177,12 +179,15 @@ impl State {
     }
 
     /// Like [`is_finished`](Self::is_finished), but a task being marked finished right now
-    /// (its tag already pushed) counts as finished: the answer waits for that critical section.
+    /// (its queue tag already pushed) counts as finished: the answer waits for that critical
+    /// section. Without a queue notification there is no tag to see early, and no lock taken:
+    /// threads polling one task then only read it.
     pub(crate) fn is_finished_now(&self) -> bool {
-        self.is_finished() || {
-            let _settled = lock!(self.inner);
-            self.is_finished()
-        }
+        self.is_finished()
+            || (self.notify_registered.load(Ordering::Acquire) && {
+                let _settled = lock!(self.inner);
+                self.is_finished()
+            })
     }
 
     /// True once a cancel was requested while the task ran.
@@ -255,13 +260,13 @@ impl State {
     /// Registers a queue to receive `tag` when the task finishes, or pushes it now if it has.
     pub(crate) fn notify(&self, queue: Arc<Queue>, tag: u64) -> Result<(), Error> {
         let mut inner = lock!(self.inner);
-        if inner.notify_registered {
+        if self.notify_registered.load(Ordering::Relaxed) {
             return Err(Error::new(
                 TB_ERR_ALREADY,
                 "a queue notification is already registered for this task",
             ));
         }
-        inner.notify_registered = true;
+        self.notify_registered.store(true, Ordering::Release);
         if self.is_finished() {
             drop(inner);
             queue.push(tag);

@@ -116,6 +116,32 @@ fn an_impossible_stack_size_is_refused_without_a_panic_or_a_leaked_thread() {
 /// gets `TB_PENDING`. Usually fails within a few hundred rounds.
 #[test]
 fn the_outcome_is_ready_when_the_tag_is_drained() {
+    drain_tags_then(|t, round| {
+        let mut o = tb_outcome::default();
+        assert_eq!(
+            tb_task_outcome(t, &mut o),
+            TB_OK,
+            "round {round}: the tag was drained but the outcome is not there"
+        );
+    });
+}
+
+/// The same promise for `tb_task_poll`, which answers without the task's lock unless a queue
+/// notification is registered: dropping that condition makes this fail within ten rounds.
+#[test]
+fn a_task_polls_finished_when_its_tag_is_drained() {
+    drain_tags_then(|t, round| {
+        assert_eq!(
+            tb_task_poll(t),
+            TB_OK,
+            "round {round}: the tag was drained but the task polls pending"
+        );
+    });
+}
+
+/// Runs 20,000 quick jobs one at a time, each with a queue notification, and calls `check` on
+/// each at once when its tag is drained.
+fn drain_tags_then(check: impl Fn(tb_task, u64)) {
     let rt = runtime();
     let mut q = tb_queue::default();
     assert_eq!(tb_queue_new(&mut q), TB_OK);
@@ -131,12 +157,7 @@ fn the_outcome_is_ready_when_the_tag_is_drained() {
         let (mut tag, mut n) = (0u64, 0usize);
         assert_eq!(tb_queue_drain(q, &mut tag, 1, &mut n), TB_OK);
         assert_eq!((n, tag), (1, round));
-        let mut o = tb_outcome::default();
-        assert_eq!(
-            tb_task_outcome(t, &mut o),
-            TB_OK,
-            "round {round}: the tag was drained but the outcome is not there"
-        );
+        check(t, round);
         assert_eq!(tb_task_release(t), TB_OK);
     }
     assert_eq!(tb_queue_free(q), TB_OK);
