@@ -102,11 +102,11 @@ impl Armed {
         self.counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Runs the tick of a due task on a worker, then puts it back into `queue` (a periodic timer
-    /// that goes on) or ends it. A late tick delays the ones after it rather than letting them
-    /// burst.
-    pub(crate) fn fire(mut self, queue: &TimerQueue) {
-        let task = self.task.as_ref().expect("an armed task has not ended");
+    /// Runs the tick of a due task on a worker, then puts it back into its queue (a periodic
+    /// timer that goes on) or ends it. A late tick delays the ones after it rather than letting
+    /// them burst.
+    pub(crate) fn fire(mut self) {
+        let task = self.task();
         if task.cancel_requested() {
             return; // dropping ends it, cancelled
         }
@@ -132,7 +132,10 @@ impl Armed {
         if next < now {
             next = later(now, period_ms);
         }
-        queue.insert(self, next);
+        // Without its queue (the runtime is gone), dropping ends it, as a shutdown does.
+        if let Some(queue) = parts(self.task()).queue.upgrade() {
+            queue.insert(self, next);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -99,15 +99,9 @@ impl TimerQueue {
         parts.due.store(due, Ordering::Relaxed);
         parts.index.store(bucket.len(), Ordering::Relaxed);
         bucket.push(armed);
-        let waker = if key * MS < state.armed {
+        if key * MS < state.armed {
             state.armed = key * MS;
-            state.waker.take()
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
+            wake_driver(state);
         }
     }
 
@@ -121,20 +115,13 @@ impl TimerQueue {
             return;
         };
         state.cancelled.push(armed);
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_driver(state);
     }
 
     /// Hands a task to a worker now, to run its tick (or end it, if a cancel was requested).
-    pub(crate) fn fire_soon(self: &Arc<Self>, armed: Armed) {
+    pub(crate) fn fire_soon(&self, armed: Armed) {
         // On a runtime shut down meanwhile, Tokio drops `Fire` at once, which ends the task.
-        self.handle.spawn(Fire {
-            queue: Arc::clone(self),
-            armed: Some(armed),
-        });
+        self.handle.spawn(Fire(Some(armed)));
     }
 
     /// Moves the cancelled tasks and those due by now into `fired` (at most [`BATCH`] due ones)
@@ -276,19 +263,25 @@ impl Drop for Driver {
     }
 }
 
+/// Wakes the sleeping driver, if it sleeps, once `state` (just changed) is unlocked.
+fn wake_driver(mut state: MutexGuard<'_, State>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// A due (or cancelled) task on its way to a worker: polled, it runs the tick; dropped
 /// unpolled by a shutdown, it ends the task.
-struct Fire {
-    queue: Arc<TimerQueue>,
-    armed: Option<Armed>,
-}
+struct Fire(Option<Armed>);
 
 impl Future for Fire {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if let Some(armed) = self.armed.take() {
-            armed.fire(&self.queue);
+        if let Some(armed) = self.0.take() {
+            armed.fire();
         }
         Poll::Ready(())
     }
