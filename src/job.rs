@@ -179,7 +179,7 @@ pub extern "C" fn tb_spawn_blocking(
             }),
             QUEUED,
         ));
-        if let Err(error) = pool.submit(Arc::clone(&task)) {
+        if let Err(error) = pool.submit(&task) {
             assert!(task.claim(), "an unqueued job is owned by its submitter");
             // SAFETY: just claimed; the job was never visible to anyone else.
             if let Some(payload) = unsafe { blocking(&task).take_payload() } {

@@ -137,7 +137,7 @@ impl Pool {
     }
 
     /// Queues a job. On error the job was not queued and will never run.
-    pub(crate) fn submit(self: &Arc<Self>, task: Arc<Task>) -> Result<(), Error> {
+    pub(crate) fn submit(self: &Arc<Self>, task: &Arc<Task>) -> Result<(), Error> {
         let mut state = self.lock();
         if state.closed {
             return Err(Error::new(TB_ERR_SHUTDOWN, "the runtime is shutting down"));
@@ -151,7 +151,7 @@ impl Pool {
                 ),
             ));
         }
-        state.queue.push_back(Arc::clone(&task));
+        state.queue.push_back(Arc::clone(task));
         state.queued += 1;
         self.pending.store(state.queue.len(), Ordering::Release);
         state.submitted += 1;
@@ -178,7 +178,7 @@ impl Pool {
         if state.drainers > 0 {
             return Ok(());
         }
-        if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, &task)) {
+        if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, task)) {
             state.queue.remove(at);
             state.queued -= 1;
             state.submitted -= 1;
