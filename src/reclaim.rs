@@ -7,8 +7,11 @@
 //! removal first unlinks the object (no slot names it any more), then reads every record: when
 //! no thread is inside a read section, the usual case as a lookup lasts nanoseconds, it drops
 //! the object at once, on the removing thread, as a lock-based table would. Otherwise it sets
-//! the object aside with the counters it saw, and a later removal drops it once each of those
-//! threads has left the section it was in.
+//! the object aside with the counters it saw, and a later removal from the same table drops it
+//! once each of those threads has left the section it was in. What waits is memory only (the
+//! objects whose end matters are ended by the call that removes them), until the first removal
+//! from its table after those sections: tasks are removed all the time, but a runtime or queue
+//! removed during a lookup stays allocated until the next runtime or queue is removed.
 //!
 //! Why that is enough: the reader's store of an odd counter, its load of the object's pointer,
 //! the removal's unlinking swap and its load of the counter are all sequentially consistent,
