@@ -238,7 +238,7 @@ pub extern "C" fn tb_task_on_complete(
 #[no_mangle]
 pub extern "C" fn tb_task_release(t: tb_task) -> tb_status {
     boundary("tb_task_release", || {
-        TASKS.remove(t.id)?;
+        TASKS.remove(t.id, |_| ())?;
         Ok(TB_OK)
     })
 }

@@ -281,8 +281,9 @@ impl<T> HandleTable<T> {
         self.with(id, Arc::clone)
     }
 
-    /// Makes `id` dead and returns the object it named; the slot is reused with a new generation.
-    pub(crate) fn remove(&self, id: u64) -> Result<Arc<T>, Error> {
+    /// Makes `id` dead and runs `f` on the object it named, before the table lets go of it;
+    /// the slot is reused with a new generation.
+    pub(crate) fn remove<R>(&self, id: u64, f: impl FnOnce(&Arc<T>) -> R) -> Result<R, Error> {
         let (shard_index, local, generation) = self.decode(id)?;
         let slot = self.slot(shard_index, local);
         let mut slots = self.lock(shard_index);
@@ -299,9 +300,9 @@ impl<T> HandleTable<T> {
         self.live.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: the table's reference, from `Arc::into_raw` in `publish`; no slot holds it now.
         let held = unsafe { Arc::from_raw(value) };
-        let value = Arc::clone(&held);
+        let result = f(&held);
         self.removed.retire(held);
-        Ok(value)
+        Ok(result)
     }
 
     /// True if `id` was issued by this table and has since been removed (as opposed to never
@@ -338,8 +339,11 @@ mod tests {
             TABLE.get(id + (1 << 20)).unwrap_err().status,
             TB_ERR_BAD_HANDLE
         );
-        assert_eq!(*TABLE.remove(id).unwrap(), 7);
-        assert_eq!(TABLE.remove(id).unwrap_err().status, TB_ERR_BAD_HANDLE);
+        assert_eq!(TABLE.remove(id, |value| **value).unwrap(), 7);
+        assert_eq!(
+            TABLE.remove(id, |_| ()).unwrap_err().status,
+            TB_ERR_BAD_HANDLE
+        );
         assert!(TABLE.was_removed(id));
         let reused = insert(&TABLE, 8);
         assert_eq!(
@@ -350,7 +354,7 @@ mod tests {
         assert_ne!(reused, id, "with a new generation");
         assert_eq!(TABLE.get(id).unwrap_err().status, TB_ERR_BAD_HANDLE);
         assert_eq!(*TABLE.get(reused).unwrap(), 8);
-        TABLE.remove(reused).unwrap();
+        TABLE.remove(reused, |_| ()).unwrap();
         assert_eq!(TABLE.live(), 0);
     }
 
@@ -412,14 +416,14 @@ mod tests {
             for round in 0..rounds {
                 let cell = &ids[round % ids.len()];
                 let old = cell.load(Ordering::Relaxed);
-                assert_eq!(*TABLE.remove(old).unwrap(), old);
+                assert_eq!(TABLE.remove(old, |value| **value).unwrap(), old);
                 let id = TABLE.reserve().unwrap();
                 TABLE.publish(id, Arc::new(id));
                 cell.store(id, Ordering::Relaxed);
             }
         });
         for cell in &ids {
-            TABLE.remove(cell.load(Ordering::Relaxed)).unwrap();
+            TABLE.remove(cell.load(Ordering::Relaxed), |_| ()).unwrap();
         }
         assert_eq!(TABLE.live(), 0);
     }

@@ -382,13 +382,14 @@ pub extern "C" fn tb_queue_get_stats(q: tb_queue, out: *mut tb_queue_stats) -> t
 #[no_mangle]
 pub extern "C" fn tb_queue_free(q: tb_queue) -> tb_status {
     boundary("tb_queue_free", || {
-        let queue = QUEUES.remove(q.id)?;
-        let mut state = queue.lock();
-        state.freed = true;
-        state.tags.clear();
-        state.signal = None; // closes the fd now, not when the last notifying task ends
-        drop(state);
-        queue.nonempty.notify_all();
+        QUEUES.remove(q.id, |queue| {
+            let mut state = queue.lock();
+            state.freed = true;
+            state.tags.clear();
+            state.signal = None; // closes the fd now, not when the last notifying task ends
+            drop(state);
+            queue.nonempty.notify_all();
+        })?;
         Ok(TB_OK)
     })
 }

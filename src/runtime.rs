@@ -637,9 +637,10 @@ pub extern "C" fn tb_runtime_shutdown(rt: tb_runtime, timeout_ms: u64) -> tb_sta
                 "the default runtime lives for the whole process and cannot be shut down",
             ));
         }
-        // Only one caller wins the removal; a concurrent second one sees a dead handle.
-        let runtime = RUNTIMES
-            .remove(rt.id)
+        // Only one caller wins the removal (of the runtime just looked up: an id names one
+        // object only); a concurrent second one sees a dead handle.
+        RUNTIMES
+            .remove(rt.id, |_| ())
             .map_err(|_| Error::new(TB_ERR_SHUTDOWN, "the runtime is already shutting down"))?;
         runtime.close();
         if context::runtime_serial() == runtime.serial || context::on_async_worker() {
