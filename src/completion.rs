@@ -157,15 +157,16 @@ pub extern "C" fn tb_task_outcome(t: tb_task, out: *mut tb_outcome) -> tb_status
         if out.is_null() {
             return Err(Error::null("out"));
         }
-        let outcome = TASKS.with(t.id, |task| task.outcome())?;
-        Ok(match outcome {
+        // Written from inside the lookup: the outcome is not copied through its result.
+        let finished = TASKS.with(t.id, |task| match task.outcome() {
             Some(outcome) => {
                 // SAFETY: checked non-NULL; the caller provides space for a tb_outcome.
                 unsafe { out.write(outcome) };
-                TB_OK
+                true
             }
-            None => TB_PENDING,
-        })
+            None => false,
+        })?;
+        Ok(if finished { TB_OK } else { TB_PENDING })
     })
 }
 
