@@ -61,6 +61,14 @@ struct Slot<T> {
     value: AtomicPtr<T>,
 }
 
+impl<T> Slot<T> {
+    /// True if this slot was issued at `generation` and has moved on since (generations start
+    /// at 1 and never wrap).
+    fn was_live_at(&self, generation: u32) -> bool {
+        generation != 0 && generation < self.generation.load(Ordering::Acquire)
+    }
+}
+
 /// Which of a shard's slots are taken: changed under the shard's lock.
 struct Slots {
     /// How many slots were ever handed out (each chunk is allocated when its first slot is).
@@ -204,14 +212,18 @@ impl<T> HandleTable<T> {
 
     /// Empties a slot, under its shard's lock: its generation moves on, so every id naming it
     /// goes stale. Returns the table's reference it held, or null if it was only reserved.
+    ///
+    /// The pointer goes before the generation moves on (see [`with`](Self::with)). A slot whose
+    /// generation has run out is never reused, so that no stale id can name a later object:
+    /// 16 bytes left behind every 2^28 uses of a slot.
     fn retire(slots: &mut Slots, slot: &Slot<T>, local: usize) -> *mut T {
-        let next = match (slot.generation.load(Ordering::Relaxed) + 1) & GENERATION_MASK {
-            0 => 1,
-            next => next,
-        };
+        let value = slot.value.swap(ptr::null_mut(), Ordering::SeqCst);
+        let next = slot.generation.load(Ordering::Relaxed) + 1;
         slot.generation.store(next, Ordering::Release);
-        slots.free.push(local as u32);
-        slot.value.swap(ptr::null_mut(), Ordering::SeqCst)
+        if next < GENERATION_MASK {
+            slots.free.push(local as u32);
+        }
+        value
     }
 
     fn split(&self, id: u64) -> (usize, usize, u32) {
@@ -244,11 +256,10 @@ impl<T> HandleTable<T> {
 
     /// The error for `id`, which names no live object.
     fn dead(&self, id: u64, slot: Option<&Slot<T>>, generation: u32) -> Error {
-        let why = match slot {
-            Some(slot) if generation < slot.generation.load(Ordering::Acquire) => {
-                "is not live (released, or its runtime was shut down)"
-            }
-            _ => "was never issued (forged or corrupted)",
+        let why = if slot.is_some_and(|slot| slot.was_live_at(generation)) {
+            "is not live (released, or its runtime was shut down)"
+        } else {
+            "was never issued (forged or corrupted)"
         };
         Error::bad_handle(self.kind(), id, why)
     }
@@ -262,9 +273,14 @@ impl<T> HandleTable<T> {
         let slot = self.slot(shard_index, local);
         let found = reclaim::read(|| {
             let slot = slot?;
+            // The generation is checked before and after the pointer is read. A pointer
+            // published for a later generation comes with that generation (the second check),
+            // and one retired from an earlier generation is gone before the generation moves
+            // on (the first check): so a pointer between two matching checks is this id's.
+            if slot.generation.load(Ordering::Acquire) != generation {
+                return None;
+            }
             let value = slot.value.load(Ordering::SeqCst);
-            // The generation is read after the pointer: a pointer published for a later
-            // generation of this slot comes with that generation.
             if value.is_null() || slot.generation.load(Ordering::Acquire) != generation {
                 return None;
             }
@@ -300,9 +316,7 @@ impl<T> HandleTable<T> {
         self.live.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: the table's reference, from `Arc::into_raw` in `publish`; no slot holds it now.
         let held = unsafe { Arc::from_raw(value) };
-        let result = f(&held);
-        self.removed.retire(held);
-        Ok(result)
+        Ok(self.removed.retire_after(held, f))
     }
 
     /// True if `id` was issued by this table and has since been removed (as opposed to never
@@ -312,7 +326,7 @@ impl<T> HandleTable<T> {
             return false;
         };
         self.slot(shard_index, local)
-            .is_some_and(|slot| generation < slot.generation.load(Ordering::Acquire))
+            .is_some_and(|slot| slot.was_live_at(generation))
     }
 
     /// How many ids are live in this table.
@@ -402,6 +416,8 @@ mod tests {
                     let (mut found, mut missed) = (0u64, 0u64);
                     for round in 0..rounds * 4 {
                         let id = ids[round % ids.len()].load(Ordering::Relaxed);
+                        // Every other lookup forges the slot's next generation.
+                        let id = id + ((round as u64 % 2) << INDEX_BITS);
                         match TABLE.with(id, |value| **value) {
                             Ok(value) => {
                                 assert_eq!(value, id, "a lookup found another object");
@@ -426,6 +442,84 @@ mod tests {
             TABLE.remove(cell.load(Ordering::Relaxed), |_| ()).unwrap();
         }
         assert_eq!(TABLE.live(), 0);
+    }
+
+    /// A slot whose generation runs out is left alone: its ids stay dead for good.
+    #[test]
+    fn a_slot_is_never_reused_once_its_generation_runs_out() {
+        static TABLE: HandleTable<u32> = HandleTable::new(TAG_QUEUE);
+        let id = TABLE.reserve().unwrap();
+        let (shard, local, _) = TABLE.split(id);
+        let slot = TABLE.slot(shard, local).unwrap();
+        slot.generation
+            .store(GENERATION_MASK - 1, Ordering::Relaxed);
+        let last = id & !(u64::from(GENERATION_MASK) << INDEX_BITS)
+            | u64::from(GENERATION_MASK - 1) << INDEX_BITS;
+        TABLE.publish(last, Arc::new(1));
+        assert_eq!(TABLE.remove(last, |value| **value).unwrap(), 1);
+        let next = insert(&TABLE, 2);
+        assert_ne!(
+            next & u64::from(u32::MAX),
+            id & u64::from(u32::MAX),
+            "not reused"
+        );
+        assert!(TABLE.was_removed(last));
+        assert_eq!(TABLE.get(last).unwrap_err().status, TB_ERR_BAD_HANDLE);
+        let forged = last + (1 << INDEX_BITS);
+        assert_eq!(TABLE.get(forged).unwrap_err().status, TB_ERR_BAD_HANDLE);
+        assert!(!TABLE.was_removed(forged));
+        TABLE.remove(next, |_| ()).unwrap();
+    }
+
+    /// Generation 0 is never issued: such an id was never removed either.
+    #[test]
+    fn generation_zero_is_never_issued() {
+        static TABLE: HandleTable<u32> = HandleTable::new(TAG_QUEUE);
+        let id = insert(&TABLE, 3);
+        let zero = id & !(u64::from(GENERATION_MASK) << INDEX_BITS);
+        assert!(!TABLE.was_removed(zero));
+        assert_eq!(TABLE.get(zero).unwrap_err().status, TB_ERR_BAD_HANDLE);
+        TABLE.remove(id, |_| ()).unwrap();
+    }
+
+    /// A removal whose closure panics still leaves the object to the reclaimer: a lookup
+    /// under way keeps it (and it is dropped once, after).
+    #[test]
+    fn a_panic_while_removing_leaves_the_object_to_the_reclaimer() {
+        static TABLE: HandleTable<Vec<u8>> = HandleTable::new(TAG_QUEUE);
+        let id = TABLE.reserve().unwrap();
+        let object = Arc::new(vec![1u8]);
+        TABLE.publish(id, Arc::clone(&object));
+        let (entered, in_section) = std::sync::mpsc::channel();
+        let (leave, left) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            reclaim::read(|| {
+                entered.send(()).unwrap();
+                left.recv().unwrap();
+            })
+        });
+        in_section.recv().unwrap();
+        let caught = std::panic::catch_unwind(|| TABLE.remove(id, |_| panic!("in the closure")));
+        assert!(caught.is_err());
+        assert!(TABLE.was_removed(id));
+        assert_eq!(
+            Arc::strong_count(&object),
+            2,
+            "dropped while a lookup was under way"
+        );
+        leave.send(()).unwrap();
+        reader.join().unwrap();
+        for _ in 0..10_000 {
+            if Arc::strong_count(&object) == 1 {
+                return;
+            }
+            // Other tests' lookups may hold it back until a later removal from this table.
+            let other = TABLE.reserve().unwrap();
+            TABLE.publish(other, Arc::new(Vec::new()));
+            TABLE.remove(other, |_| ()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("the table kept the object");
     }
 
     #[test]

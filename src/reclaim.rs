@@ -167,6 +167,21 @@ impl<T> Reclaimer<T> {
         drop(ended);
     }
 
+    /// Runs `f` on `value`, just unlinked, then [`retire`](Self::retire)s it, also if `f`
+    /// unwinds: a lookup may still be reading it.
+    pub(crate) fn retire_after<R>(&self, value: Arc<T>, f: impl FnOnce(&Arc<T>) -> R) -> R {
+        struct Retiring<'a, T>(&'a Reclaimer<T>, Option<Arc<T>>);
+        impl<T> Drop for Retiring<'_, T> {
+            fn drop(&mut self) {
+                if let Some(value) = self.1.take() {
+                    self.0.retire(value);
+                }
+            }
+        }
+        let retiring = Retiring(self, Some(value));
+        f(retiring.1.as_ref().expect("held until dropped"))
+    }
+
     /// Takes the objects set aside whose read sections have all ended; the caller drops them
     /// outside the lock.
     fn take_ended(&self) -> Vec<Arc<T>> {
