@@ -14,9 +14,9 @@
 //! released or stale id no longer matches. Tags start at 1, so the id 0 is never valid.
 //!
 //! Lookups take no lock and write only their own thread's memory, so that threads polling the
-//! same task do not contend (a lock word is a cache line every caller writes). Each slot is a generation and
-//! a pointer, both atomic, in chunks that never move or go away: a lookup loads the pointer, then
-//! checks the generation. An object removed from the table may still be read by a lookup that
+//! same task do not contend (a lock word is a cache line every caller writes). Each slot is a
+//! generation and a pointer, both atomic, in chunks that never move or go away: a lookup checks
+//! the generation, loads the pointer, and checks the generation again. An object removed from the table may still be read by a lookup that
 //! loaded its pointer just before, so the table's reference to it is dropped only once no such
 //! lookup can still be reading it (see [`crate::reclaim`]): at once in the usual case. Objects
 //! whose end matters (a runtime's threads, a queue's fd) are ended by the call that removes
