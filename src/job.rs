@@ -1,6 +1,6 @@
 //! Blocking jobs: C callbacks run on the runtime's blocking pool (`tb_spawn_blocking`).
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use crate::pool::Pool;
 use crate::runtime::tb_runtime;
 use crate::state::{Cancelled, QUEUED};
 use crate::sync::{micros_between, now_ns};
-use crate::task::{Submission, Task, Work};
+use crate::task::{Callbacks, Submission, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// The job a blocking callback is running, as seen from inside the callback.
@@ -36,7 +36,8 @@ pub struct tb_job {
 #[allow(non_camel_case_types)]
 pub type tb_blocking_fn = Option<unsafe extern "C" fn(arg: *mut c_void, job: *mut tb_job) -> i32>;
 
-struct Payload {
+/// A job's callback and argument, in its task's state until the job starts.
+pub(crate) struct Payload {
     func: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32,
     arg: UserArg,
 }
@@ -44,20 +45,18 @@ struct Payload {
 /// The parts of a task that only blocking jobs have.
 pub(crate) struct Blocking {
     pool: Arc<Pool>,
-    payload: UnsafeCell<Option<Payload>>,
 }
 
-// SAFETY: `payload` is touched only by the one thread that moved the task out of QUEUED (a
-// drainer starting it, or whoever cancelled it or shut the pool down), so never concurrently.
-unsafe impl Sync for Blocking {}
-
-impl Blocking {
-    /// Takes the payload.
-    ///
-    /// # Safety
-    /// The caller must have won the task's transition out of QUEUED.
-    unsafe fn take_payload(&self) -> Option<Payload> {
-        (*self.payload.get()).take()
+/// Takes the payload of `task`, a job.
+///
+/// # Safety
+/// The caller must have won the task's transition out of QUEUED (a drainer starting it, or
+/// whoever cancelled it or shut the pool down).
+unsafe fn take_payload(task: &Task) -> Option<Payload> {
+    match task.with_work(Option::take) {
+        Some(Callbacks::Job(payload)) => Some(payload),
+        None => None,
+        Some(Callbacks::Timer(_)) => unreachable!("only blocking tasks reach the pool"),
     }
 }
 
@@ -78,8 +77,7 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
     let started = now_ns();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
-        let payload =
-            unsafe { blocking(task).take_payload() }.expect("a started job has a payload");
+        let payload = unsafe { take_payload(task) }.expect("a started job has a payload");
         let job = tb_job {
             task: Arc::as_ptr(task),
             value: Cell::new(std::ptr::null_mut()),
@@ -127,7 +125,7 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
         .jobs_cancelled
         .fetch_add(1, Ordering::Relaxed);
     // SAFETY: the caller won the transition out of QUEUED.
-    drop(unsafe { blocking.take_payload() });
+    drop(unsafe { take_payload(task) });
     task.settle(tb_outcome {
         status,
         queued_us: micros_between(task.submitted_ns, now_ns()),
@@ -172,17 +170,17 @@ pub extern "C" fn tb_spawn_blocking(
             submission.id,
             Work::Blocking(Blocking {
                 pool: Arc::clone(pool),
-                payload: UnsafeCell::new(Some(Payload {
-                    func,
-                    arg: UserArg::new(arg, free_arg),
-                })),
+            }),
+            Callbacks::Job(Payload {
+                func,
+                arg: UserArg::new(arg, free_arg),
             }),
             QUEUED,
         ));
         if let Err(error) = pool.submit(&task) {
             assert!(task.claim(), "an unqueued job is owned by its submitter");
             // SAFETY: just claimed; the job was never visible to anyone else.
-            if let Some(payload) = unsafe { blocking(&task).take_payload() } {
+            if let Some(payload) = unsafe { take_payload(&task) } {
                 payload.arg.disarm();
             }
             return Err(error);

@@ -419,7 +419,7 @@ impl Runtime {
                 config.keep_alive,
                 Arc::clone(&counters),
             )),
-            timers: TimerQueue::start(&handle),
+            timers: TimerQueue::start(&handle, Arc::clone(&counters)),
             handle,
             counters,
             workers: config.workers as u32,

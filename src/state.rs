@@ -18,6 +18,7 @@
 //! loom: built with `--cfg tb_loom`, its atomic, mutex and condition variable are loom's (see
 //! the `loom_tests` module and the README's "Reliability" section).
 
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,19 +120,36 @@ impl Watcher {
 }
 
 struct Inner {
-    outcome: tb_outcome,
     callback: Option<Callback>,
     callback_registered: bool,
-    notify: Option<(Arc<Queue>, u64)>,
     waiters: u32,
-    /// Boxed: most tasks never have any (only `tb_wait_any` adds them), and a box is a third
-    /// of a `Vec` in every task: with a million timers every byte of a task counts a megabyte.
-    #[allow(clippy::box_collection)]
-    watchers: Option<Box<Vec<Arc<Watcher>>>>,
+    /// Boxed: most tasks never have a queue notification or a watcher. With a million timers
+    /// every byte of a task counts a megabyte.
+    rare: Option<Box<Rare>>,
 }
 
-/// The state of one task: its phase, outcome, callback, notification and waiters.
-pub(crate) struct State {
+/// What few tasks have: a queue to notify (`tb_task_notify`) and `tb_wait_any` watchers.
+#[derive(Default)]
+struct Rare {
+    notify: Option<(Arc<Queue>, u64)>,
+    watchers: Vec<Arc<Watcher>>,
+}
+
+/// What a task holds until it ends, then how it ended. They never live at once, so they share
+/// the space: a task's work is there until it settles, its outcome from then on.
+enum Body<W> {
+    Work(W),
+    Outcome(tb_outcome),
+}
+
+/// The state of one task: its phase, work, outcome, callback, notification and waiters.
+///
+/// `W` is what the task runs (a job's callback, a timer's tick, with their `arg`). It belongs
+/// to whoever owns the task's phase: the thread that moved it out of QUEUED, or for a task
+/// started RUNNING whoever the caller says owns it (a timer's `Armed`). Only that owner may
+/// touch it ([`with_work`](Self::with_work)); the owner that settles the task replaces it with
+/// the outcome, which is read only once the task is FINISHED.
+pub(crate) struct State<W> {
     pub(crate) id: u64,
     state: AtomicU8,
     /// Set (under the `inner` lock) once a queue notification is registered; read without the
@@ -139,7 +157,13 @@ pub(crate) struct State {
     notify_registered: AtomicBool,
     inner: Mutex<Inner>,
     finished: Condvar,
+    body: UnsafeCell<Body<W>>,
 }
+
+// SAFETY: `body` is touched by one thread at a time: the owner of the task's phase until it
+// settles (the moves between phases are atomic, so there is one owner), then only read, by
+// threads that saw the task FINISHED, which the owner set after writing the outcome.
+unsafe impl<W: Send> Sync for State<W> {}
 
 /// What `cancel` did.
 pub(crate) enum Cancelled {
@@ -151,21 +175,41 @@ pub(crate) enum Cancelled {
     TooLate,
 }
 
-impl State {
-    pub(crate) fn new(id: u64, phase: u8) -> Self {
+impl<W> State<W> {
+    pub(crate) fn new(id: u64, phase: u8, work: W) -> Self {
         State {
             id,
             state: AtomicU8::new(phase),
             notify_registered: AtomicBool::new(false),
             inner: Mutex::new(Inner {
-                outcome: tb_outcome::default(),
                 callback: None,
                 callback_registered: false,
-                notify: None,
                 waiters: 0,
-                watchers: None,
+                rare: None,
             }),
             finished: Condvar::new(),
+            body: UnsafeCell::new(Body::Work(work)),
+        }
+    }
+
+    /// Runs `f` on the task's work.
+    ///
+    /// # Safety
+    /// The caller must own the task's phase (see [`State`]) and the task must not have settled.
+    pub(crate) unsafe fn with_work<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        match &mut *self.body.get() {
+            Body::Work(work) => f(work),
+            Body::Outcome(_) => unreachable!("a settled task has no work"),
+        }
+    }
+
+    /// The outcome of a FINISHED task.
+    fn finished_outcome(&self) -> tb_outcome {
+        debug_assert!(self.is_finished());
+        // SAFETY: written once before the task became FINISHED, never again.
+        match unsafe { &*self.body.get() } {
+            Body::Outcome(outcome) => *outcome,
+            Body::Work(_) => unreachable!("a finished task has its outcome"),
         }
     }
 
@@ -228,11 +272,14 @@ impl State {
             .map(|previous| previous & CANCEL != 0)
     }
 
-    /// Records the outcome, runs the completion callback, then marks the task FINISHED and
-    /// wakes its waiters. Only the thread that moved the task into COMPLETING may call it.
+    /// Records the outcome in place of the work, runs the completion callback, then marks the
+    /// task FINISHED and wakes its waiters. Only the thread that moved the task into COMPLETING
+    /// may call it; what is left of the work (its `arg` already freed) is dropped here.
     pub(crate) fn settle(&self, outcome: tb_outcome) {
+        // SAFETY: the caller owns the phase (COMPLETING), and nobody reads the body before the
+        // task is FINISHED, below.
+        drop(unsafe { std::mem::replace(&mut *self.body.get(), Body::Outcome(outcome)) });
         let mut inner = lock!(self.inner);
-        inner.outcome = outcome;
         if let Some(callback) = inner.callback.take() {
             drop(inner);
             callback.call(self.id, &outcome);
@@ -241,18 +288,18 @@ impl State {
         // The tag goes in before the task counts as finished, in the same critical section: a
         // thread that sees the task finished also finds its tag, and one that drains the tag and
         // then asks for the outcome waits for this lock and finds the task finished.
-        if let Some((queue, tag)) = inner.notify.take() {
-            queue.push(tag);
+        let rare = inner.rare.take();
+        if let Some((queue, tag)) = rare.as_ref().and_then(|rare| rare.notify.as_ref()) {
+            queue.push(*tag);
         }
         self.state
             .fetch_add(FINISHED - COMPLETING, Ordering::AcqRel);
         let wake = inner.waiters > 0;
-        let watchers = inner.watchers.take();
         drop(inner);
         if wake {
             self.finished.notify_all();
         }
-        for watcher in watchers.iter().flat_map(|w| w.iter()) {
+        for watcher in rare.iter().flat_map(|rare| rare.watchers.iter()) {
             watcher.fire();
         }
     }
@@ -271,7 +318,7 @@ impl State {
             drop(inner);
             queue.push(tag);
         } else {
-            inner.notify = Some((queue, tag));
+            inner.rare.get_or_insert_with(Box::default).notify = Some((queue, tag));
         }
         Ok(())
     }
@@ -287,9 +334,8 @@ impl State {
         }
         inner.callback_registered = true;
         if self.is_finished() {
-            let outcome = inner.outcome;
             drop(inner);
-            callback.call(self.id, &outcome);
+            callback.call(self.id, &self.finished_outcome());
         } else {
             inner.callback = Some(callback);
         }
@@ -301,8 +347,8 @@ impl State {
     /// Read under the lock, so that a task being marked finished right now (its queue tag
     /// already pushed and maybe drained) counts as finished.
     pub(crate) fn outcome(&self) -> Option<tb_outcome> {
-        let inner = lock!(self.inner);
-        self.is_finished().then_some(inner.outcome)
+        let _settled = lock!(self.inner);
+        self.is_finished().then(|| self.finished_outcome())
     }
 
     /// Blocks until the task is finished or `deadline` passes (None: no limit). True if finished.
@@ -339,15 +385,16 @@ impl State {
             return false;
         }
         inner
-            .watchers
+            .rare
             .get_or_insert_with(Box::default)
+            .watchers
             .push(Arc::clone(watcher));
         true
     }
 
     pub(crate) fn unwatch(&self, watcher: &Arc<Watcher>) {
-        if let Some(watchers) = &mut lock!(self.inner).watchers {
-            watchers.retain(|w| !Arc::ptr_eq(w, watcher));
+        if let Some(rare) = &mut lock!(self.inner).rare {
+            rare.watchers.retain(|w| !Arc::ptr_eq(w, watcher));
         }
     }
 }
@@ -382,7 +429,7 @@ mod loom_tests {
     }
 
     /// What an async task's end does: settle with OK, or CANCELLED if a cancel came first.
-    fn complete(state: &State) -> bool {
+    fn complete(state: &State<()>) -> bool {
         match state.begin_completion() {
             Some(cancelled) => {
                 state.settle(outcome(if cancelled { TB_ERR_CANCELLED } else { TB_OK }));
@@ -395,7 +442,7 @@ mod loom_tests {
     #[test]
     fn loom_cancel_racing_completion_agrees_with_the_outcome() {
         model("cancel vs completion", || {
-            let state = Arc::new(State::new(1, RUNNING));
+            let state = Arc::new(State::new(1, RUNNING, ()));
             let other = Arc::clone(&state);
             let canceller = thread::spawn(move || other.cancel());
             assert!(complete(&state), "only the task completes itself");
@@ -412,7 +459,7 @@ mod loom_tests {
     #[test]
     fn loom_cancel_racing_start_has_one_winner() {
         model("cancel vs start", || {
-            let state = Arc::new(State::new(1, QUEUED));
+            let state = Arc::new(State::new(1, QUEUED, ()));
             let other = Arc::clone(&state);
             let canceller = thread::spawn(move || match other.cancel() {
                 Cancelled::Claimed => {
@@ -450,7 +497,7 @@ mod loom_tests {
     fn loom_on_complete_racing_settle_runs_once_and_before_finished() {
         model("on_complete vs settle", || {
             let (calls, callback) = counter();
-            let state = Arc::new(State::new(1, RUNNING));
+            let state = Arc::new(State::new(1, RUNNING, ()));
             let other = Arc::clone(&state);
             let registrar = thread::spawn(move || {
                 other.on_complete(callback()).unwrap();
@@ -470,7 +517,7 @@ mod loom_tests {
     #[test]
     fn loom_a_waiter_wakes_once_the_task_is_finished() {
         model("wait vs settle", || {
-            let state = Arc::new(State::new(1, RUNNING));
+            let state = Arc::new(State::new(1, RUNNING, ()));
             let other = Arc::clone(&state);
             let waiter = thread::spawn(move || {
                 assert!(other.wait(None));
@@ -488,7 +535,7 @@ mod loom_tests {
     fn loom_cancel_on_complete_wait_and_completion_all_at_once() {
         model("cancel + on_complete + wait vs completion", || {
             let (calls, callback) = counter();
-            let state = Arc::new(State::new(1, RUNNING));
+            let state = Arc::new(State::new(1, RUNNING, ()));
             let (a, b, c) = (Arc::clone(&state), Arc::clone(&state), Arc::clone(&state));
             let canceller = thread::spawn(move || a.cancel());
             let registrar = thread::spawn(move || b.on_complete(callback()).unwrap());

@@ -3,18 +3,17 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_CANCELLED, TB_ERR_SHUTDOWN, TB_OK};
-use crate::metrics::Counters;
 use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
 use crate::sync::{micros_between, now_ns};
-use crate::task::{Submission, Task, Work};
+use crate::task::{Callbacks, Payload, Submission, Task, Work};
 use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -28,10 +27,12 @@ use crate::userdata::{tb_free_fn, UserArg};
 #[allow(non_camel_case_types)]
 pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) -> i32>;
 
-/// The parts of a task that only sleeps and timers have; what they run is in their [`Armed`].
+/// The parts of a task that only sleeps and timers have; what they call is in its state
+/// ([`Ticks`]), for the holder of its [`Armed`].
 pub(crate) struct Async {
-    /// The runtime's timer queue, for a cancel; weak, as the queue holds the task while armed.
-    queue: Weak<TimerQueue>,
+    /// The runtime's timer queue. While the task is armed the queue holds it too: that cycle
+    /// ends when the task leaves the queue, or when the queue closes (the runtime shuts down).
+    queue: Arc<TimerQueue>,
     /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
     /// millisecond. Written under the queue's lock.
     pub(crate) due: AtomicU64,
@@ -49,27 +50,37 @@ pub(crate) fn parts(task: &Task) -> &Async {
 /// Ends `task` (a sleep or timer) on a worker if it waits in its queue, now that a cancel was
 /// requested.
 pub(crate) fn cancel(task: &Task) {
-    if let Some(queue) = parts(task).queue.upgrade() {
-        queue.cancel(task);
-    }
+    parts(task).queue.cancel(task);
 }
 
+#[derive(Clone, Copy)]
 struct Tick {
     func: unsafe extern "C" fn(*mut c_void, u64) -> i32,
     period_ms: u64,
 }
 
-/// A sleep or timer that has not ended, with what it runs. Whoever holds it (the timer queue,
-/// or the worker task firing it) owns its end; dropped, it ends the task exactly once, with
+/// What a sleep or timer calls, and how many times it has.
+pub(crate) struct Ticks {
+    /// `None` for a sleep.
+    tick: Option<Tick>,
+    arg: UserArg,
+    count: u64,
+}
+
+/// The [`Ticks`] of a sleep or timer's work.
+fn ticks(work: &mut Payload) -> &mut Ticks {
+    match work {
+        Some(Callbacks::Timer(ticks)) => ticks,
+        _ => unreachable!("an armed sleep or timer has its ticks"),
+    }
+}
+
+/// A sleep or timer that has not ended. Whoever holds it (the timer queue, or the worker task
+/// firing it) owns the task's work and its end; dropped, it ends the task exactly once, with
 /// `TB_ERR_CANCELLED` when a cancel was requested, else `TB_ERR_SHUTDOWN`.
 pub(crate) struct Armed {
     /// `None` once ended.
     task: Option<Arc<Task>>,
-    /// `None` for a sleep.
-    tick: Option<Tick>,
-    arg: UserArg,
-    ticks: u64,
-    counters: Arc<Counters>,
 }
 
 impl Armed {
@@ -83,7 +94,11 @@ impl Armed {
         let Some(task) = self.task.take() else {
             return;
         };
-        self.arg.free_now();
+        // SAFETY: the holder of the Armed owns the task's work.
+        let Some(Callbacks::Timer(ticks)) = (unsafe { task.with_work(Option::take) }) else {
+            unreachable!("an armed sleep or timer has its ticks");
+        };
+        drop(ticks.arg);
         if let Some(cancelled) = task.begin_completion() {
             let (status, code) = match (cancelled, result) {
                 (true, _) => (TB_ERR_CANCELLED, 0),
@@ -94,12 +109,16 @@ impl Armed {
                 status,
                 code,
                 value: std::ptr::null_mut(),
-                ticks: self.ticks,
+                ticks: ticks.count,
                 queued_us: 0,
                 run_us: micros_between(task.submitted_ns, now_ns()),
             });
         }
-        self.counters.async_tasks.fetch_sub(1, Ordering::AcqRel);
+        parts(&task)
+            .queue
+            .counters
+            .async_tasks
+            .fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Runs the tick of a due task on a worker, then puts it back into its queue (a periodic
@@ -110,32 +129,35 @@ impl Armed {
         if task.cancel_requested() {
             return; // dropping ends it, cancelled
         }
-        let Some(tick) = &self.tick else {
+        // SAFETY: the holder of the Armed owns the task's work.
+        let (tick, arg, count) = unsafe {
+            task.with_work(|work| {
+                let ticks = ticks(work);
+                (ticks.tick, ticks.arg.ptr(), ticks.count)
+            })
+        };
+        let Some(tick) = tick else {
             return self.end(Some((TB_OK, 0)));
         };
-        let arg = self.arg.ptr();
-        let ticks = self.ticks;
         let code = context::as_task(task.id, || {
             stall::timed(TB_STALL_TIMER, tick.func as usize, arg, || {
                 // SAFETY: the caller's callback and argument, as documented.
-                unsafe { (tick.func)(arg, ticks) }
+                unsafe { (tick.func)(arg, count) }
             })
         });
-        let period_ms = tick.period_ms;
+        // SAFETY: as above.
+        unsafe { task.with_work(|work| ticks(work).count += 1) };
         let due = parts(task).due.load(Ordering::Relaxed);
-        self.ticks += 1;
-        if code != 0 || period_ms == 0 {
+        if code != 0 || tick.period_ms == 0 {
             return self.end(Some((TB_OK, code)));
         }
         let now = now_ns();
-        let mut next = later(due, period_ms);
+        let mut next = later(due, tick.period_ms);
         if next < now {
-            next = later(now, period_ms);
+            next = later(now, tick.period_ms);
         }
-        // Without its queue (the runtime is gone), dropping ends it, as a shutdown does.
-        if let Some(queue) = parts(self.task()).queue.upgrade() {
-            queue.insert(self, next);
-        }
+        let queue = Arc::clone(&parts(task).queue);
+        queue.insert(self, next);
     }
 }
 
@@ -165,19 +187,20 @@ fn spawn(
     let task = Arc::new(Task::new(
         submission.id,
         Work::Async(Async {
-            queue: Arc::downgrade(&runtime.timers),
+            queue: Arc::clone(&runtime.timers),
             due: AtomicU64::new(0),
             index: AtomicUsize::new(0),
+        }),
+        Callbacks::Timer(Ticks {
+            tick,
+            arg: UserArg::new(arg, free_arg),
+            count: 0,
         }),
         RUNNING,
     ));
     runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
     let armed = Armed {
         task: Some(Arc::clone(&task)),
-        tick,
-        arg: UserArg::new(arg, free_arg),
-        ticks: 0,
-        counters: Arc::clone(&runtime.counters),
     };
     // On a runtime shut down meanwhile, the queue ends the task at once.
     if delay_ms == 0 {

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::Counters;
 use crate::sync::{lock, now_ns};
 use crate::task::Task;
 use crate::timer::{self, Armed};
@@ -46,6 +47,8 @@ fn bucket(due: u64) -> u64 {
 pub(crate) struct TimerQueue {
     state: Mutex<State>,
     handle: Handle,
+    /// The runtime's counters: its sleeps and timers count themselves here.
+    pub(crate) counters: Arc<Counters>,
 }
 
 struct State {
@@ -65,7 +68,7 @@ struct State {
 
 impl TimerQueue {
     /// A queue for the runtime of `handle`, with its driver spawned there.
-    pub(crate) fn start(handle: &Handle) -> Arc<Self> {
+    pub(crate) fn start(handle: &Handle, counters: Arc<Counters>) -> Arc<Self> {
         let queue = Arc::new(TimerQueue {
             state: Mutex::new(State {
                 due: BTreeMap::new(),
@@ -75,6 +78,7 @@ impl TimerQueue {
                 closed: false,
             }),
             handle: handle.clone(),
+            counters,
         });
         handle.spawn(Driver {
             queue: Arc::clone(&queue),
