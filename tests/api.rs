@@ -182,6 +182,83 @@ fn the_pool_never_runs_more_jobs_than_max_blocking_threads() {
     shutdown(rt);
 }
 
+/// Flags shared by the jobs of `a_job_left_to_a_busy_thread_starts_when_that_job_is_long`.
+#[derive(Default)]
+struct Handoff {
+    met: AtomicUsize,
+    long_started: AtomicBool,
+    quick_ran: AtomicBool,
+}
+
+/// Polls `cond` every millisecond for up to `secs` seconds; true if it held.
+fn within(secs: u64, cond: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+#[test]
+fn a_job_left_to_a_busy_thread_starts_when_that_job_is_long() {
+    // With quick jobs, a new job is left to a drainer inside one rather than waking a sleeping
+    // drainer. Here the busy drainer's job turns out long: the new job must still start soon,
+    // on the other drainer, and not only when the long one ends (after 3 s; the other drainer
+    // would also wake by itself when its keep-alive time of 10 s is up).
+    unsafe extern "C" fn meet(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        let h = &*arg.cast::<Handoff>();
+        h.met.fetch_add(1, Ordering::SeqCst);
+        i32::from(!within(10, || h.met.load(Ordering::SeqCst) >= 2))
+    }
+    unsafe extern "C" fn nothing(_arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        0
+    }
+    unsafe extern "C" fn long(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        let h = &*arg.cast::<Handoff>();
+        h.long_started.store(true, Ordering::SeqCst);
+        i32::from(!within(3, || h.quick_ran.load(Ordering::SeqCst)))
+    }
+    unsafe extern "C" fn quick(arg: *mut c_void, _job: *mut tb_job) -> i32 {
+        (*arg.cast::<Handoff>())
+            .quick_ran
+            .store(true, Ordering::SeqCst);
+        0
+    }
+    let rt = runtime_with(&config(1, 4));
+    let h: &'static Handoff = Box::leak(Box::default());
+    let a = std::ptr::from_ref(h).cast_mut().cast();
+    let submit = |f: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32| {
+        let mut t = tb_task::default();
+        assert_eq!(tb_spawn_blocking(rt, Some(f), a, None, &mut t), TB_OK);
+        t
+    };
+    // Two drainers (two jobs that wait for each other), then quick jobs only, then both idle.
+    let (x, y) = (submit(meet), submit(meet));
+    assert_eq!((outcome(x).code, outcome(y).code), (0, 0));
+    for _ in 0..200 {
+        assert_eq!(outcome(submit(nothing)).status, TB_OK);
+    }
+    thread::sleep(Duration::from_millis(20));
+    let held = submit(long);
+    wait_until("the long job runs", || {
+        h.long_started.load(Ordering::SeqCst)
+    });
+    let left = submit(quick);
+    assert_eq!(
+        outcome(held).code,
+        0,
+        "the quick job ran while the long one held its thread"
+    );
+    assert_eq!(outcome(left).status, TB_OK);
+    for t in [x, y, held, left] {
+        assert_eq!(tb_task_release(t), TB_OK);
+    }
+    shutdown(rt);
+}
+
 #[test]
 fn a_sleep_finishes_after_its_delay_on_a_worker() {
     let rt = runtime();
