@@ -71,6 +71,10 @@ const SPIN_MAX_NS: u64 = 50_000;
 /// preempted for a moment (every drainer inside a job, none ending) do not pass for stuck ones.
 const STUCK_NS: u64 = 100_000;
 const QUIET_NS: u64 = 1_000_000;
+/// How far the time of the last job's end and the average run time move before they are
+/// stored again (see [`Pool::note_end`]).
+const END_GRAIN_NS: u64 = 10_000;
+const AVERAGE_GRAIN_NS: u64 = 16;
 /// Jobs shorter than this on average are quick: a drainer inside one is free again within
 /// microseconds.
 const QUICK_NS: u64 = 20_000;
@@ -328,6 +332,26 @@ impl Pool {
         true
     }
 
+    /// Records that a job ran `run_ns` and ended at `ended` ([`now_ns`]).
+    ///
+    /// Both are stored only when they move by more than a few percent or microseconds: the
+    /// submitting threads read them for every job, and a store for every job would take their
+    /// cache line away from them each time. Racing updates from several drainers may lose a
+    /// sample: they are estimates. A sample counts for at most twice `STUCK_NS`, so that one
+    /// quick job whose thread was preempted for milliseconds does not make the jobs look long;
+    /// five long jobs in a row still do.
+    fn note_end(&self, run_ns: u64, ended: u64) {
+        if ended.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= END_GRAIN_NS {
+            self.last_end_ns.store(ended, Ordering::Relaxed);
+        }
+        let average = self.average_run_ns.load(Ordering::Relaxed);
+        let sample = run_ns.min(2 * STUCK_NS);
+        let next = average - average / 8 + sample / 8;
+        if next.abs_diff(average) > average / 64 + AVERAGE_GRAIN_NS {
+            self.average_run_ns.store(next, Ordering::Relaxed);
+        }
+    }
+
     /// Starts a reserved drainer on Tokio's blocking pool. False if the OS refused a thread.
     ///
     /// Tokio panics when the OS refuses a thread and its pool has none, but keeps the drainer
@@ -377,15 +401,7 @@ impl Pool {
                     self.spawn_drainer();
                 }
                 let (run_ns, ended) = crate::job::run(&task);
-                self.last_end_ns.store(ended, Ordering::Relaxed);
-                // Racing updates from several drainers may lose a sample: it is an estimate.
-                // A sample counts for at most twice `STUCK_NS`, so that one quick job whose
-                // thread was preempted for milliseconds does not make the jobs look long; five
-                // long jobs in a row still do.
-                let average = self.average_run_ns.load(Ordering::Relaxed);
-                let sample = run_ns.min(2 * STUCK_NS);
-                self.average_run_ns
-                    .store(average - average / 8 + sample / 8, Ordering::Relaxed);
+                self.note_end(run_ns, ended);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
