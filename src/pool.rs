@@ -85,6 +85,18 @@ const BUSY_BACKLOG_NS: u64 = 50_000;
 /// after all; one waiting longer than half of it then gets a sleeping drainer woken.
 const RECHECK: Duration = Duration::from_millis(1);
 
+/// What a submission does once it has queued its job and let go of the lock.
+enum Next {
+    /// Nothing: a spinning or busy drainer takes the job.
+    Nothing,
+    /// Has [`Pool::recheck`] run soon (the job was left to busy drainers).
+    Recheck,
+    /// Wakes a sleeping drainer.
+    Wake,
+    /// Starts a drainer (reserved under the lock).
+    Grow,
+}
+
 /// The pool's gauges at one moment.
 pub(crate) struct Snapshot {
     pub(crate) threads: u32,
@@ -173,35 +185,43 @@ impl Pool {
         }
         state.queue.push_back(Arc::clone(task));
         state.queued += 1;
-        self.pending.store(state.queue.len(), Ordering::Release);
         state.submitted += 1;
-        if state.spinning > state.spin_claims {
+        let pending = state.queue.len();
+        let next = if state.spinning > state.spin_claims {
             state.spin_claims += 1;
-            return Ok(());
-        }
-        if state.idle > 0 && self.busy_drainers_suffice(&state) {
-            let arm = !std::mem::replace(&mut state.recheck_armed, true);
-            drop(state);
-            if arm {
-                self.arm_recheck();
+            Next::Nothing
+        } else if state.idle > 0 && self.busy_drainers_suffice(&state) {
+            match std::mem::replace(&mut state.recheck_armed, true) {
+                false => Next::Recheck,
+                true => Next::Nothing,
             }
-            return Ok(());
-        }
-        if state.idle > 0 {
+        } else if state.idle > 0 {
             state.idle -= 1;
             state.wakeups += 1;
-            drop(state);
-            self.work.notify_one();
-            return Ok(());
-        }
-        if !self.reserve_drainer(&mut state) {
-            return Ok(());
-        }
+            Next::Wake
+        } else if self.reserve_drainer(&mut state) {
+            Next::Grow
+        } else {
+            Next::Nothing
+        };
         drop(state);
-        if self.spawn_drainer() {
-            return Ok(());
+        // Stored once the lock is free, so that a spinning drainer that sees it finds the lock
+        // free instead of contending for it with this thread. A hint only: drainers look at
+        // the queue itself under the lock.
+        self.pending.store(pending, Ordering::Release);
+        match next {
+            Next::Nothing => {}
+            Next::Recheck => self.arm_recheck(),
+            Next::Wake => self.work.notify_one(),
+            Next::Grow if self.spawn_drainer() => {}
+            Next::Grow => return self.unqueue_without_drainers(task),
         }
-        // No thread could be started. If none is alive either, nobody would ever run the job.
+        Ok(())
+    }
+
+    /// After the OS refused to start a drainer: if none is alive either, nobody would ever run
+    /// `task`, so it is taken back out of the queue and the submission fails.
+    fn unqueue_without_drainers(&self, task: &Arc<Task>) -> Result<(), Error> {
         let mut state = self.lock();
         if state.drainers > 0 {
             return Ok(());
