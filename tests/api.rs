@@ -190,6 +190,11 @@ struct Handoff {
     quick_ran: AtomicBool,
 }
 
+/// A `Handoff`, leaked so that a job outliving a failed test's body never reads freed memory.
+fn handoff() -> &'static Handoff {
+    Box::leak(Box::default())
+}
+
 /// Polls `cond` every millisecond for up to `secs` seconds; true if it held.
 fn within(secs: u64, cond: impl Fn() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -228,7 +233,7 @@ fn a_job_left_to_a_busy_thread_starts_when_that_job_is_long() {
         0
     }
     let rt = runtime_with(&config(1, 4));
-    let h: &'static Handoff = Box::leak(Box::default());
+    let h = handoff();
     let a = std::ptr::from_ref(h).cast_mut().cast();
     let submit = |f: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32| {
         let mut t = tb_task::default();
