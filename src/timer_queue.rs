@@ -1,10 +1,10 @@
 //! A runtime's timer queue: every armed sleep and timer, in the order they are due, and the one
 //! async task (the driver) that hands each to a worker when it is due.
 //!
-//! Armed tasks are kept in buckets of one millisecond (a B-tree of the buckets that have any, a
-//! vector of tasks in each), so that arming a timer costs a push on a small, hot tree's vector:
-//! no Tokio task and no Tokio timer of its own, and a timer fires at the end of its millisecond
-//! at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
+//! Armed tasks are kept in buckets of one millisecond (a vector of tasks in each; a ring of
+//! buckets for the next second, a B-tree of buckets beyond, see [`Buckets`]), so that arming a
+//! timer costs a push on a bucket's vector: no Tokio task and no Tokio timer of its own, and a
+//! timer fires at the end of its millisecond at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
 //! it, so that its tick runs like any other task on any worker: a tick that blocks one worker
 //! delays the tasks of that worker only, as Tokio's own timers would. A periodic timer goes back
 //! into the queue after each tick.
@@ -15,7 +15,6 @@
 //! bit under the lock, so either the canceller finds the task in the queue or the insertion
 //! ends it.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,9 +38,165 @@ const NEVER: u64 = u64::MAX;
 /// A millisecond in [`now_ns`]: the width of a bucket.
 const MS: u64 = 1_000_000;
 
+/// How many buckets, from the first, live in the ring of [`Buckets`].
+const RING: u64 = 1024;
+/// An emptied bucket of the ring keeps its vector's allocation up to this many tasks.
+const KEEP: usize = 16;
+
 /// The bucket of a task due at `due` ([`now_ns`]): the millisecond it is due in, rounded up.
 fn bucket(due: u64) -> u64 {
     due.div_ceil(MS)
+}
+
+/// Items by bucket: those of the next [`RING`] buckets from `first` in a ring (adding one is a
+/// push, with no search), later ones in a B-tree of buckets, moved into the ring as `first`
+/// advances. An item has an index in its bucket, which the caller keeps: `push` and `remove`
+/// tell it (through `at`) where an item is.
+struct Buckets<T> {
+    /// Every bucket before this one is empty.
+    first: u64,
+    /// Bucket `k`, for `first <= k < first + RING`, is `ring[k % RING]` (no ring until the
+    /// first push).
+    ring: Vec<Vec<T>>,
+    /// Items in the ring.
+    in_ring: usize,
+    /// The buckets from `first + RING` on that hold items.
+    later: BTreeMap<u64, Vec<T>>,
+}
+
+impl<T> Buckets<T> {
+    fn new(first: u64) -> Self {
+        Buckets {
+            first,
+            ring: Vec::new(),
+            in_ring: 0,
+            later: BTreeMap::new(),
+        }
+    }
+
+    fn ring_slot(&mut self, key: u64) -> &mut Vec<T> {
+        if self.ring.is_empty() {
+            self.ring.resize_with(RING as usize, Vec::new);
+        }
+        &mut self.ring[(key % RING) as usize]
+    }
+
+    /// Adds `item` to bucket `key`, or to the first bucket if `key` is earlier; `at` learns
+    /// its index there. Returns the bucket it went to.
+    fn push(&mut self, key: u64, item: T, at: impl FnOnce(&T, usize)) -> u64 {
+        let key = key.max(self.first);
+        let bucket = if key < self.first + RING {
+            self.in_ring += 1;
+            self.ring_slot(key)
+        } else {
+            self.later.entry(key).or_default()
+        };
+        bucket.push(item);
+        let index = bucket.len() - 1;
+        at(&bucket[index], index);
+        key
+    }
+
+    /// Takes the item at `index` of bucket `key` (the first bucket if `key` is earlier) if
+    /// `is_it` says it is the one; the last item of the bucket takes its place and `at` learns
+    /// its new index.
+    fn remove(
+        &mut self,
+        key: u64,
+        index: usize,
+        is_it: impl Fn(&T) -> bool,
+        at: impl FnOnce(&T, usize),
+    ) -> Option<T> {
+        let key = key.max(self.first);
+        let in_ring = key < self.first + RING;
+        let bucket = if in_ring {
+            self.ring.get_mut((key % RING) as usize)?
+        } else {
+            self.later.get_mut(&key)?
+        };
+        if !bucket.get(index).is_some_and(is_it) {
+            return None;
+        }
+        let removed = bucket.swap_remove(index);
+        if let Some(moved) = bucket.get(index) {
+            at(moved, index);
+        }
+        if in_ring {
+            self.in_ring -= 1;
+        } else if bucket.is_empty() {
+            self.later.remove(&key);
+        }
+        Some(removed)
+    }
+
+    /// The first bucket that holds an item.
+    fn next(&self) -> Option<u64> {
+        if self.in_ring > 0 {
+            (self.first..self.first + RING)
+                .find(|&key| !self.ring[(key % RING) as usize].is_empty())
+        } else {
+            self.later.keys().next().copied()
+        }
+    }
+
+    /// With the ring empty, moves `first` on to bucket `now` (that of the present: every later
+    /// item is due in it or after), or to the first later bucket if that is earlier, so that
+    /// items due within the next [`RING`] buckets go to the ring again.
+    fn catch_up(&mut self, now: u64) {
+        if self.in_ring == 0 && now > self.first {
+            let to = self.later.keys().next().map_or(now, |&key| key.min(now));
+            self.advance(to);
+        }
+    }
+
+    /// Moves up to `room` items of the buckets up to `last` into `out`, the earliest bucket
+    /// first and from the end of a bucket (so that the others keep their index), and moves
+    /// `first` past the buckets emptied.
+    fn take(&mut self, last: u64, mut room: usize, out: &mut Vec<T>) {
+        while self.first <= last && room > 0 {
+            if self.in_ring == 0 {
+                // Nothing in the ring: on to the first later bucket, or past `last`.
+                let to = self
+                    .later
+                    .keys()
+                    .next()
+                    .map_or(last + 1, |&key| key.min(last + 1));
+                self.advance(to);
+                continue;
+            }
+            let first = self.first;
+            let bucket = self.ring_slot(first);
+            let taken = bucket.len().min(room);
+            out.extend(bucket.drain(bucket.len() - taken..));
+            if !bucket.is_empty() {
+                self.in_ring -= taken;
+                return;
+            }
+            if bucket.capacity() > KEEP {
+                *bucket = Vec::new();
+            }
+            self.in_ring -= taken;
+            room -= taken;
+            self.advance(first + 1);
+        }
+    }
+
+    /// Moves `first` to `to` (every bucket before it is empty), and the later buckets now
+    /// within the ring's reach into the ring.
+    fn advance(&mut self, to: u64) {
+        self.first = to;
+        while let Some(entry) = self.later.first_entry() {
+            if *entry.key() >= self.first + RING {
+                break;
+            }
+            let key = *entry.key();
+            let items = entry.remove();
+            self.in_ring += items.len();
+            let slot = self.ring_slot(key);
+            debug_assert!(slot.is_empty(), "a ring slot is reused only once emptied");
+            *slot = items;
+        }
+    }
 }
 
 pub(crate) struct TimerQueue {
@@ -54,7 +209,7 @@ pub(crate) struct TimerQueue {
 struct State {
     /// Armed tasks by the millisecond ([`now_ns`] / 1 ms, rounded up) they are due in; each
     /// task knows its index in its bucket (`timer::Async::index`).
-    due: BTreeMap<u64, Vec<Armed>>,
+    due: Buckets<Armed>,
     /// When the driver wakes up by itself next ([`NEVER`]: only when woken). An insertion due
     /// earlier wakes it.
     armed: u64,
@@ -71,7 +226,7 @@ impl TimerQueue {
     pub(crate) fn start(handle: &Handle, counters: Arc<Counters>) -> Arc<Self> {
         let queue = Arc::new(TimerQueue {
             state: Mutex::new(State {
-                due: BTreeMap::new(),
+                due: Buckets::new(bucket(now_ns())),
                 armed: NEVER,
                 cancelled: Vec::new(),
                 waker: None,
@@ -97,12 +252,15 @@ impl TimerQueue {
             drop(state);
             return drop(armed);
         }
-        let parts = timer::parts(armed.task());
-        let key = bucket(due);
-        let bucket = state.due.entry(key).or_default();
-        parts.due.store(due, Ordering::Relaxed);
-        parts.index.store(bucket.len(), Ordering::Relaxed);
-        bucket.push(armed);
+        if state.due.in_ring == 0 {
+            // The driver may have slept long: arm from the present, into the ring.
+            state.due.catch_up(now_ns() / MS);
+        }
+        let key = state.due.push(bucket(due), armed, |armed, index| {
+            let parts = timer::parts(armed.task());
+            parts.due.store(due, Ordering::Relaxed);
+            parts.index.store(index, Ordering::Relaxed);
+        });
         if key * MS < state.armed {
             state.armed = key * MS;
             wake_driver(state);
@@ -139,20 +297,10 @@ impl TimerQueue {
             return None;
         }
         fired.append(&mut state.cancelled);
-        // Taken from the end of a bucket, so that the others keep their index.
-        while let Some(mut first) = state.due.first_entry() {
-            if *first.key() > now / MS || fired.len() >= BATCH {
-                break;
-            }
-            let bucket = first.get_mut();
-            let room = BATCH - fired.len();
-            fired.extend(bucket.drain(bucket.len().saturating_sub(room)..));
-            if bucket.is_empty() {
-                first.remove();
-            }
-        }
-        let next = match state.due.first_key_value() {
-            Some((&key, _)) if fired.len() < BATCH => key * MS,
+        let room = BATCH.saturating_sub(fired.len());
+        state.due.take(now / MS, room, fired);
+        let next = match state.due.next() {
+            Some(key) if fired.len() < BATCH => key * MS,
             Some(_) => now,
             None => NEVER,
         };
@@ -170,7 +318,7 @@ impl TimerQueue {
             let mut state = lock!(self.state);
             state.closed = true;
             (
-                std::mem::take(&mut state.due),
+                std::mem::replace(&mut state.due, Buckets::new(0)),
                 std::mem::take(&mut state.cancelled),
                 state.waker.take(),
             )
@@ -184,28 +332,16 @@ impl State {
     /// Takes `task` out of its bucket, if it is armed.
     fn remove(&mut self, task: &Task) -> Option<Armed> {
         let parts = timer::parts(task);
-        let key = bucket(parts.due.load(Ordering::Relaxed));
-        let index = parts.index.load(Ordering::Relaxed);
-        let mut entry = match self.due.entry(key) {
-            Entry::Occupied(entry) => entry,
-            Entry::Vacant(_) => return None,
-        };
-        let bucket = entry.get_mut();
-        if !bucket
-            .get(index)
-            .is_some_and(|armed| armed.task().id == task.id)
-        {
-            return None;
-        }
-        let removed = bucket.swap_remove(index);
-        match bucket.get(index) {
-            Some(moved) => timer::parts(moved.task())
-                .index
-                .store(index, Ordering::Relaxed),
-            None if bucket.is_empty() => drop(entry.remove()),
-            None => {}
-        }
-        Some(removed)
+        self.due.remove(
+            bucket(parts.due.load(Ordering::Relaxed)),
+            parts.index.load(Ordering::Relaxed),
+            |armed| armed.task().id == task.id,
+            |moved, index| {
+                timer::parts(moved.task())
+                    .index
+                    .store(index, Ordering::Relaxed)
+            },
+        )
     }
 }
 
@@ -288,5 +424,191 @@ impl Future for Fire {
             armed.fire();
         }
         Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Buckets of ids, and where each id is, kept as the queue keeps a task's bucket and index.
+    struct Tracked {
+        buckets: Buckets<u64>,
+        /// The key each id was pushed with (the bucket it went to), and its index.
+        at: HashMap<u64, (u64, usize)>,
+    }
+
+    impl Tracked {
+        fn new(first: u64) -> Self {
+            Tracked {
+                buckets: Buckets::new(first),
+                at: HashMap::new(),
+            }
+        }
+
+        fn push(&mut self, key: u64, id: u64) -> u64 {
+            let Tracked { buckets, at } = self;
+            let went = buckets.push(key, id, |&id, index| {
+                at.insert(id, (key, index));
+            });
+            assert_eq!(went, key.max(buckets.first));
+            went
+        }
+
+        fn remove(&mut self, id: u64) -> bool {
+            let Tracked { buckets, at } = self;
+            let (key, index) = at[&id];
+            let removed = buckets.remove(
+                key,
+                index,
+                |&it| it == id,
+                |&moved, index| {
+                    at.get_mut(&moved).unwrap().1 = index;
+                },
+            );
+            if removed.is_some() {
+                at.remove(&id);
+            }
+            removed == Some(id)
+        }
+
+        fn take(&mut self, last: u64, room: usize) -> Vec<u64> {
+            let mut out = Vec::new();
+            self.buckets.take(last, room, &mut out);
+            for id in &out {
+                self.at.remove(id);
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn items_come_out_by_bucket_from_the_ring_and_the_tree() {
+        let mut b = Tracked::new(1000);
+        b.push(1005, 1);
+        b.push(1000 + RING + 10, 2);
+        b.push(1000 + 2 * RING + 3, 3);
+        assert_eq!(
+            b.push(999, 4),
+            1000,
+            "an earlier key goes to the first bucket"
+        );
+        b.push(1005, 5);
+        assert_eq!((b.buckets.in_ring, b.buckets.later.len()), (3, 2));
+        assert_eq!(b.buckets.next(), Some(1000));
+        assert_eq!(b.take(1004, 100), [4]);
+        assert_eq!(b.buckets.next(), Some(1005));
+        assert_eq!(b.take(1000 + 3 * RING, 100), [1, 5, 2, 3]);
+        assert_eq!(b.buckets.first, 1000 + 3 * RING + 1);
+        assert_eq!(b.buckets.next(), None);
+        assert!(b.at.is_empty());
+    }
+
+    #[test]
+    fn a_partly_taken_bucket_keeps_its_place_and_its_indexes() {
+        let mut b = Tracked::new(0);
+        for id in 0..10 {
+            b.push(7, id);
+        }
+        assert_eq!(b.take(7, 3), [7, 8, 9]);
+        assert_eq!(b.buckets.first, 7);
+        assert_eq!(b.buckets.next(), Some(7));
+        let (key, index) = b.at[&2];
+        assert!(b.remove(2));
+        assert_eq!(b.buckets.remove(key, index, |&it| it == 2, |_, _| {}), None);
+        assert_eq!(b.take(7, 100), [0, 1, 6, 3, 4, 5]);
+        assert!(
+            b.buckets.ring[7].capacity() > 0,
+            "a small emptied bucket keeps its memory"
+        );
+        for id in 0..100 {
+            b.push(8, id);
+        }
+        assert_eq!(b.take(8, 1000).len(), 100);
+        assert_eq!(b.buckets.ring[8].capacity(), 0, "a big one gives it back");
+    }
+
+    #[test]
+    fn an_item_is_found_after_moving_from_the_tree_into_the_ring() {
+        let mut b = Tracked::new(0);
+        let far = 3 * RING + 1;
+        for id in 0..5 {
+            b.push(far, id);
+        }
+        b.push(far - RING, 9);
+        assert_eq!(b.take(far - RING, 100), [9]);
+        assert_eq!(
+            b.buckets.in_ring, 5,
+            "bucket `far` came within the ring's reach"
+        );
+        assert!(b.remove(1));
+        assert!(b.remove(4));
+        assert_eq!(b.take(far, 100), [0, 3, 2]);
+    }
+
+    #[test]
+    fn an_empty_ring_catches_up_with_the_present() {
+        let mut b = Tracked::new(0);
+        b.push(5500, 1);
+        assert_eq!(b.buckets.in_ring, 0);
+        b.buckets.catch_up(5000);
+        assert_eq!((b.buckets.first, b.buckets.in_ring), (5000, 1));
+        let mut b = Tracked::new(0);
+        b.push(3000, 1);
+        b.buckets.catch_up(5000);
+        assert_eq!(
+            b.buckets.first, 3000,
+            "never past a bucket that holds items"
+        );
+        assert_eq!(b.take(3000, 10), [1]);
+    }
+
+    /// Random pushes, removals and takes against what they must do: every id comes out or is
+    /// removed exactly once, never before its bucket is due, and earlier buckets first.
+    #[test]
+    fn random_operations_keep_every_item_exactly_once_and_in_bucket_order() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut random = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut b = Tracked::new(10_000);
+        let mut bucket_of = HashMap::new();
+        let (mut next_id, mut out) = (0u64, 0usize);
+        for _ in 0..20_000 {
+            match random(10) {
+                0..=5 => {
+                    let key = b.buckets.first + random(3 * RING) - 10;
+                    bucket_of.insert(next_id, b.push(key, next_id));
+                    next_id += 1;
+                }
+                6 | 7 if !b.at.is_empty() => {
+                    let id = *b.at.keys().nth(random(b.at.len() as u64) as usize).unwrap();
+                    assert!(b.remove(id));
+                    bucket_of.remove(&id);
+                    out += 1;
+                }
+                _ => {
+                    let last = b.buckets.first + random(200);
+                    let taken = b.take(last, 1 + random(64) as usize);
+                    let latest = taken.iter().map(|id| bucket_of[id]).max();
+                    for id in &taken {
+                        assert!(bucket_of[id] <= last, "taken before its bucket was due");
+                        bucket_of.remove(id);
+                    }
+                    let earliest_left = bucket_of.values().min();
+                    if let (Some(latest), Some(left)) = (latest, earliest_left) {
+                        assert!(latest <= *left, "an earlier bucket was left behind");
+                    }
+                    out += taken.len();
+                }
+            }
+            assert_eq!(b.buckets.next(), bucket_of.values().min().copied());
+        }
+        out += b.take(u64::MAX - 1, usize::MAX).len();
+        assert_eq!(out as u64, next_id, "every item out exactly once");
     }
 }
