@@ -372,8 +372,8 @@ typedef struct tb_runtime_config {
    * jobs runs on about one thread per CPU, and blocking jobs get up to this many threads.
    * While jobs are quick (under 20 us on average), a new job is also left to the threads
    * already running jobs when they will take it within 50 us, rather than waking an idle
-   * thread; if it lands behind a long job that way, an idle thread is woken for it 1 to 2 ms
-   * later.
+   * thread; if it lands behind a long job that way, an idle thread is woken for it within
+   * about 3 ms.
    */
   uint32_t max_blocking_threads;
   /**

@@ -20,8 +20,9 @@
 //! - with quick jobs, leave a new job to the drainers already inside one or spinning when they
 //!   will clear the queue within 50 us, instead of waking a sleeping drainer: every thread
 //!   more than the CPUs can run only slows quick jobs down (the submitting thread's futex
-//!   calls, preempted lock holders). A check 1 ms later wakes sleeping drainers for any job
-//!   still waiting, in case a busy drainer's job was a long one after all.
+//!   calls, preempted lock holders). A check 1 ms later, repeated while jobs wait, wakes
+//!   sleeping drainers for any job that has waited 0.5 ms, in case a busy drainer's job was a
+//!   long one after all.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -297,17 +298,25 @@ impl Pool {
         }));
     }
 
-    /// Wakes sleeping drainers, or starts one, for jobs that have waited longer than half of
-    /// [`RECHECK`]: the busy drainers they were left to are inside long jobs.
+    /// Wakes sleeping drainers for jobs that have waited longer than half of [`RECHECK`]: the
+    /// busy drainers they were left to are inside long jobs. Jobs that have not waited that long
+    /// yet are checked on again later. With no drainer asleep, it starts one if the pool may
+    /// grow, as a submission would.
     fn recheck(self: &Arc<Self>) {
         let mut state = self.lock();
         state.recheck_armed = false;
+        if state.queued == 0 {
+            return;
+        }
         let oldest = state
             .queue
             .front()
             .map_or(u64::MAX, |task| task.submitted_ns);
-        if state.queued == 0 || now_ns().saturating_sub(oldest) < RECHECK.as_nanos() as u64 / 2 {
-            return;
+        let young = now_ns().saturating_sub(oldest) < RECHECK.as_nanos() as u64 / 2;
+        if young && state.idle > 0 {
+            state.recheck_armed = true;
+            drop(state);
+            return self.arm_recheck();
         }
         let woken = state.idle.min(state.queued);
         if woken > 0 {

@@ -62,8 +62,8 @@ pub struct tb_runtime_config {
     /// jobs runs on about one thread per CPU, and blocking jobs get up to this many threads.
     /// While jobs are quick (under 20 us on average), a new job is also left to the threads
     /// already running jobs when they will take it within 50 us, rather than waking an idle
-    /// thread; if it lands behind a long job that way, an idle thread is woken for it 1 to 2 ms
-    /// later.
+    /// thread; if it lands behind a long job that way, an idle thread is woken for it within
+    /// about 3 ms.
     pub max_blocking_threads: u32,
     /// How long an idle blocking thread waits for work before it exits, in ms. 0: 10000.
     pub blocking_keep_alive_ms: u32,
