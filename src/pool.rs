@@ -20,13 +20,14 @@
 //! - with quick jobs, leave a new job to the drainers already inside one or spinning when they
 //!   will clear the queue within 50 us, instead of waking a sleeping drainer: every thread
 //!   more than the CPUs can run only slows quick jobs down (the submitting thread's futex
-//!   calls, preempted lock holders). A check 1 ms later, repeated while jobs wait, wakes
+//!   calls, preempted lock holders). A check about 1 ms later, repeated while jobs wait, wakes
 //!   sleeping drainers for any job that has waited 0.5 ms, in case a busy drainer's job was a
-//!   long one after all.
+//!   long one after all. The check runs as a task on an async worker: a worker blocked by a C
+//!   callback (which the stall detector reports) delays it too.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,8 @@ const QUICK_NS: u64 = 20_000;
 /// within this time (counting at least 1 us a job), rather than waking a sleeping drainer.
 const BUSY_BACKLOG_NS: u64 = 50_000;
 /// How soon a job left to the busy drainers is checked on, in case they were inside long jobs
-/// after all; one waiting longer than half of it then gets a sleeping drainer woken.
+/// after all; one waiting longer than half of it then gets a sleeping drainer woken. A Tokio
+/// sleep on an async worker: 1 to 3 ms in practice (Tokio's timer counts whole milliseconds).
 const RECHECK: Duration = Duration::from_millis(1);
 
 /// What a submission does once it has queued its job and let go of the lock.
@@ -115,8 +117,10 @@ pub(crate) struct Pool {
     handle: tokio::runtime::Handle,
     pub(crate) counters: Arc<Counters>,
     cpus: usize,
-    /// Jobs in the queue, for spinning drainers to watch without the lock.
-    pending: AtomicUsize,
+    /// Jobs in the queue, for spinning drainers to watch without the lock: counted up by a
+    /// submission once it has let go of the lock, down under the lock as jobs leave the queue,
+    /// so that it can be below the queue's length for a moment, never above it.
+    pending: AtomicIsize,
     /// When a job last ended ([`now_ns`]).
     last_end_ns: AtomicU64,
     /// A moving average of how long jobs run, in ns.
@@ -146,7 +150,7 @@ impl Pool {
             handle,
             counters,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            pending: AtomicUsize::new(0),
+            pending: AtomicIsize::new(0),
             last_end_ns: AtomicU64::new(0),
             average_run_ns: AtomicU64::new(0),
             spin: Spin::new(SPIN_MIN_NS, SPIN_MAX_NS),
@@ -187,7 +191,6 @@ impl Pool {
         state.queue.push_back(Arc::clone(task));
         state.queued += 1;
         state.submitted += 1;
-        let pending = state.queue.len();
         let next = if state.spinning > state.spin_claims {
             state.spin_claims += 1;
             Next::Nothing
@@ -206,10 +209,9 @@ impl Pool {
             Next::Nothing
         };
         drop(state);
-        // Stored once the lock is free, so that a spinning drainer that sees it finds the lock
-        // free instead of contending for it with this thread. A hint only: drainers look at
-        // the queue itself under the lock.
-        self.pending.store(pending, Ordering::Release);
+        // Counted once the lock is free, so that a spinning drainer that sees it finds the lock
+        // free instead of contending for it with this thread.
+        self.pending.fetch_add(1, Ordering::Release);
         match next {
             Next::Nothing => {}
             Next::Recheck => self.arm_recheck(),
@@ -229,6 +231,7 @@ impl Pool {
         }
         if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, task)) {
             state.queue.remove(at);
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             state.queued -= 1;
             state.submitted -= 1;
         }
@@ -361,23 +364,25 @@ impl Pool {
         true
     }
 
-    /// Records that a job ran `run_ns` and ended at `ended` ([`now_ns`]).
+    /// Records that a job ran `run_ns` and ended at `ended` ([`now_ns`]), into `average`, the
+    /// calling drainer's own moving average of run times, and into the pool's.
     ///
-    /// Both are stored only when they move by more than a few percent or microseconds: the
-    /// submitting threads read them for every job, and a store for every job would take their
-    /// cache line away from them each time. Racing updates from several drainers may lose a
-    /// sample: they are estimates. A sample counts for at most twice `STUCK_NS`, so that one
-    /// quick job whose thread was preempted for milliseconds does not make the jobs look long;
-    /// five long jobs in a row still do.
-    fn note_end(&self, run_ns: u64, ended: u64) {
+    /// The pool's copies are stored only when they move: the end time by [`END_GRAIN_NS`], the
+    /// average by 1/64 and [`AVERAGE_GRAIN_NS`]. The submitting threads read them for every
+    /// job, and a store for every job would take their cache line away from them each time.
+    /// The pool's average is the last copy a drainer stored of its own, each exact: an
+    /// estimate, with drainers of differently long jobs taking turns. A sample counts for at
+    /// most twice `STUCK_NS`, so that one quick job whose thread was preempted for
+    /// milliseconds does not make the jobs look long; five long jobs in a row still do.
+    fn note_end(&self, average: &mut u64, run_ns: u64, ended: u64) {
         if ended.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= END_GRAIN_NS {
             self.last_end_ns.store(ended, Ordering::Relaxed);
         }
-        let average = self.average_run_ns.load(Ordering::Relaxed);
         let sample = run_ns.min(2 * STUCK_NS);
-        let next = average - average / 8 + sample / 8;
-        if next.abs_diff(average) > average / 64 + AVERAGE_GRAIN_NS {
-            self.average_run_ns.store(next, Ordering::Relaxed);
+        *average = *average - *average / 8 + sample / 8;
+        let published = self.average_run_ns.load(Ordering::Relaxed);
+        if average.abs_diff(published) > published / 64 + AVERAGE_GRAIN_NS {
+            self.average_run_ns.store(*average, Ordering::Relaxed);
         }
     }
 
@@ -409,11 +414,12 @@ impl Pool {
     }
 
     fn drain(self: Arc<Self>) {
+        let mut average = self.average_run_ns.load(Ordering::Relaxed);
         let mut state = self.lock();
         state.starting -= 1;
         loop {
             if let Some(task) = state.queue.pop_front() {
-                self.pending.store(state.queue.len(), Ordering::Release);
+                self.pending.fetch_sub(1, Ordering::Relaxed);
                 if !task.start() {
                     continue; // cancelled while queued; whoever cancelled it ended it
                 }
@@ -430,7 +436,7 @@ impl Pool {
                     self.spawn_drainer();
                 }
                 let (run_ns, ended) = crate::job::run(&task);
-                self.note_end(run_ns, ended);
+                self.note_end(&mut average, run_ns, ended);
                 drop(task);
                 state = self.lock();
                 state.running -= 1;
@@ -493,8 +499,9 @@ impl Pool {
         state.closed = true;
         self.closed.store(true, Ordering::Release);
         state.queued = 0;
-        self.pending.store(0, Ordering::Release);
         let queued = std::mem::take(&mut state.queue);
+        self.pending
+            .fetch_sub(queued.len() as isize, Ordering::Relaxed);
         drop(state);
         self.work.notify_all();
         queued.into()

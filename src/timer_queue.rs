@@ -1,10 +1,10 @@
 //! A runtime's timer queue: every armed sleep and timer, in the order they are due, and the one
 //! async task (the driver) that hands each to a worker when it is due.
 //!
-//! Armed tasks are kept in buckets of one millisecond (a vector of tasks in each; a ring of
-//! buckets for the next second, a B-tree of buckets beyond, see [`Buckets`]), so that arming a
-//! timer costs a push on a bucket's vector: no Tokio task and no Tokio timer of its own, and a
-//! timer fires at the end of its millisecond at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
+//! Armed tasks are kept in buckets of one millisecond (a vector of tasks in each; a ring of the
+//! 1024 buckets from the earliest on, a B-tree of buckets beyond, see [`Buckets`]), so that
+//! arming a timer costs a push on a bucket's vector: no Tokio task and no Tokio timer of its
+//! own, and a timer fires at the end of its millisecond at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
 //! it, so that its tick runs like any other task on any worker: a tick that blocks one worker
 //! delays the tasks of that worker only, as Tokio's own timers would. A periodic timer goes back
 //! into the queue after each tick.
@@ -123,6 +123,9 @@ impl<T> Buckets<T> {
         }
         if in_ring {
             self.in_ring -= 1;
+            if bucket.is_empty() && bucket.capacity() > KEEP {
+                *bucket = Vec::new();
+            }
         } else if bucket.is_empty() {
             self.later.remove(&key);
         }
@@ -139,9 +142,10 @@ impl<T> Buckets<T> {
         }
     }
 
-    /// With the ring empty, moves `first` on to bucket `now` (that of the present: every later
-    /// item is due in it or after), or to the first later bucket if that is earlier, so that
-    /// items due within the next [`RING`] buckets go to the ring again.
+    /// With the ring empty, moves `first` on to bucket `now` (the present's millisecond,
+    /// rounded down: every item armed from now on is due in it or after), or to the first later
+    /// bucket if that is earlier, so that items due within the next [`RING`] buckets go to the
+    /// ring again.
     fn catch_up(&mut self, now: u64) {
         if self.in_ring == 0 && now > self.first {
             let to = self.later.keys().next().map_or(now, |&key| key.min(now));
@@ -255,6 +259,13 @@ impl TimerQueue {
         if state.due.in_ring == 0 {
             // The driver may have slept long: arm from the present, into the ring.
             state.due.catch_up(now_ns() / MS);
+        }
+        if bucket(due) < state.due.first {
+            // Due already, in a bucket taken: to a worker now, not a millisecond late in the
+            // next bucket. (Its `Fire` task sees a cancel requested meanwhile.)
+            timer::parts(armed.task()).due.store(due, Ordering::Relaxed);
+            drop(state);
+            return self.fire_soon(armed);
         }
         let key = state.due.push(bucket(due), armed, |armed, index| {
             let parts = timer::parts(armed.task());
@@ -527,6 +538,17 @@ mod tests {
         }
         assert_eq!(b.take(8, 1000).len(), 100);
         assert_eq!(b.buckets.ring[8].capacity(), 0, "a big one gives it back");
+        for id in 0..100 {
+            b.push(9, id);
+        }
+        for id in 0..100 {
+            assert!(b.remove(id));
+        }
+        assert_eq!(
+            b.buckets.ring[9].capacity(),
+            0,
+            "also when emptied by removals"
+        );
     }
 
     #[test]
