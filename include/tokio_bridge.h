@@ -897,7 +897,9 @@ tb_status tb_sleep(struct tb_runtime rt, uint64_t delay_ms, struct tb_task *out)
  *
  * `func` runs on an async worker thread and must not block (see `tb_timer_fn`). `free_arg(arg)`
  * (when not NULL) runs exactly once on a worker when the timer ends, before its completion
- * callback, which also runs on a worker. On failure nothing runs and the caller keeps `arg`.
+ * callback, which also runs on a worker; but if the runtime shuts down while this call arms
+ * the timer, it ends at once with `TB_ERR_SHUTDOWN`, and `free_arg` runs on the calling thread
+ * before this call returns `TB_OK`. On failure nothing runs and the caller keeps `arg`.
  * Errors: `TB_ERR_NULL` (`func`, `out`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`. Any thread.
  */
 tb_status tb_timer_start(struct tb_runtime rt, uint64_t delay_ms, uint64_t period_ms, tb_timer_fn func, void *arg, tb_free_fn free_arg, struct tb_task *out);

@@ -36,7 +36,8 @@ pub struct tb_job {
 #[allow(non_camel_case_types)]
 pub type tb_blocking_fn = Option<unsafe extern "C" fn(arg: *mut c_void, job: *mut tb_job) -> i32>;
 
-/// A job's callback and argument, in its task's state until the job starts.
+/// A job's callback and argument, in its task's state until the job starts or is claimed
+/// (cancelled or shut down while queued).
 pub(crate) struct Payload {
     func: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32,
     arg: UserArg,

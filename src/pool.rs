@@ -223,18 +223,21 @@ impl Pool {
     }
 
     /// After the OS refused to start a drainer: if none is alive either, nobody would ever run
-    /// `task`, so it is taken back out of the queue and the submission fails.
+    /// `task`, so it is taken back out of the queue and the submission fails. If it is no
+    /// longer in the queue, a shutdown took it or a drainer that has exited since ran it: it
+    /// was accepted, and ended or will end as any other job.
     fn unqueue_without_drainers(&self, task: &Arc<Task>) -> Result<(), Error> {
         let mut state = self.lock();
         if state.drainers > 0 {
             return Ok(());
         }
-        if let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, task)) {
-            state.queue.remove(at);
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-            state.queued -= 1;
-            state.submitted -= 1;
-        }
+        let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, task)) else {
+            return Ok(());
+        };
+        state.queue.remove(at);
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        state.queued -= 1;
+        state.submitted -= 1;
         Err(Error::new(
             TB_ERR_OS,
             "the operating system refused to start a blocking thread",

@@ -9,8 +9,10 @@
 //!
 //! The phase and the CANCEL bit share one atomic word, so every transition is a single
 //! compare-and-swap and exactly one thread wins each of them: the winner of the move out of
-//! QUEUED owns the job's payload, the winner of the move into COMPLETING records the outcome,
-//! runs `free_arg` beforehand and the completion callback afterwards. A task is FINISHED only
+//! QUEUED owns the job's work (its callback and `arg`; a sleep or timer, which starts RUNNING,
+//! has its work owned by whoever holds it armed), the winner of the move into COMPLETING
+//! records the outcome in its place, runs `free_arg` beforehand and the completion callback
+//! afterwards. A task is FINISHED only
 //! once its completion callback has returned, so a waiter that wakes up may free what the
 //! callback used.
 //!
@@ -18,11 +20,12 @@
 //! loom: built with `--cfg tb_loom`, its atomic, mutex and condition variable are loom's (see
 //! the `loom_tests` module and the README's "Reliability" section).
 
-use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(all(test, tb_loom))]
+use loom::cell::UnsafeCell;
 #[cfg(all(test, tb_loom))]
 use loom::sync::{
     atomic::{AtomicBool, AtomicU8, Ordering},
@@ -36,6 +39,26 @@ use std::sync::{
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
+
+/// The standard `UnsafeCell` behind loom's interface (`with`, `with_mut`), so that the model
+/// checks also check every access to a task's body for races.
+#[cfg(not(all(test, tb_loom)))]
+struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(all(test, tb_loom)))]
+impl<T> UnsafeCell<T> {
+    fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 use crate::error::{Error, TB_ERR_ALREADY};
 use crate::queue::Queue;
 use crate::stall::{self, TB_STALL_COMPLETION};
@@ -160,9 +183,11 @@ pub(crate) struct State<W> {
     body: UnsafeCell<Body<W>>,
 }
 
-// SAFETY: `body` is touched by one thread at a time: the owner of the task's phase until it
-// settles (the moves between phases are atomic, so there is one owner), then only read, by
-// threads that saw the task FINISHED, which the owner set after writing the outcome.
+// SAFETY: `body` is touched by one thread at a time: the owner of the task's work until it
+// settles (for a job, the winner of an atomic move between phases; for a sleep or timer, the
+// holder of its `Armed`, handed on under the timer queue's lock or through Tokio's spawn, both
+// of which order one holder's accesses before the next's), then only read, by threads that
+// saw the task FINISHED, which the owner set after writing the outcome.
 unsafe impl<W: Send> Sync for State<W> {}
 
 /// What `cancel` did.
@@ -197,20 +222,20 @@ impl<W> State<W> {
     /// # Safety
     /// The caller must own the task's phase (see [`State`]) and the task must not have settled.
     pub(crate) unsafe fn with_work<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
-        match &mut *self.body.get() {
+        self.body.with_mut(|body| match &mut *body {
             Body::Work(work) => f(work),
             Body::Outcome(_) => unreachable!("a settled task has no work"),
-        }
+        })
     }
 
     /// The outcome of a FINISHED task.
     fn finished_outcome(&self) -> tb_outcome {
         debug_assert!(self.is_finished());
         // SAFETY: written once before the task became FINISHED, never again.
-        match unsafe { &*self.body.get() } {
+        self.body.with(|body| match unsafe { &*body } {
             Body::Outcome(outcome) => *outcome,
             Body::Work(_) => unreachable!("a finished task has its outcome"),
-        }
+        })
     }
 
     fn transition(&self, f: impl Fn(u8) -> Option<u8>) -> Result<u8, u8> {
@@ -278,7 +303,10 @@ impl<W> State<W> {
     pub(crate) fn settle(&self, outcome: tb_outcome) {
         // SAFETY: the caller owns the phase (COMPLETING), and nobody reads the body before the
         // task is FINISHED, below.
-        drop(unsafe { std::mem::replace(&mut *self.body.get(), Body::Outcome(outcome)) });
+        drop(
+            self.body
+                .with_mut(|body| unsafe { std::mem::replace(&mut *body, Body::Outcome(outcome)) }),
+        );
         let mut inner = lock!(self.inner);
         if let Some(callback) = inner.callback.take() {
             drop(inner);
@@ -444,7 +472,14 @@ mod loom_tests {
         model("cancel vs completion", || {
             let state = Arc::new(State::new(1, RUNNING, ()));
             let other = Arc::clone(&state);
-            let canceller = thread::spawn(move || other.cancel());
+            let canceller = thread::spawn(move || {
+                let cancelled = other.cancel();
+                // Asking for the outcome while the task completes: none, or the final one.
+                if let Some(seen) = other.outcome() {
+                    assert_ne!(seen.status, -1);
+                }
+                cancelled
+            });
             assert!(complete(&state), "only the task completes itself");
             let cancelled = canceller.join().unwrap();
             let status = state.outcome().expect("finished").status;
@@ -459,10 +494,13 @@ mod loom_tests {
     #[test]
     fn loom_cancel_racing_start_has_one_winner() {
         model("cancel vs start", || {
-            let state = Arc::new(State::new(1, QUEUED, ()));
+            // The winner takes the work, as a drainer or a cancel takes a job's payload.
+            let state = Arc::new(State::new(1, QUEUED, Some(7)));
             let other = Arc::clone(&state);
             let canceller = thread::spawn(move || match other.cancel() {
                 Cancelled::Claimed => {
+                    // SAFETY: claimed: this thread owns the work.
+                    assert_eq!(unsafe { other.with_work(Option::take) }, Some(7));
                     other.settle(outcome(TB_ERR_CANCELLED));
                     true
                 }
@@ -470,7 +508,10 @@ mod loom_tests {
             });
             let started = state.start();
             if started {
-                assert!(complete(&state));
+                // SAFETY: started: this thread owns the work.
+                assert_eq!(unsafe { state.with_work(Option::take) }, Some(7));
+                assert!(state.begin_completion().is_some());
+                state.settle(outcome(TB_OK));
             }
             let claimed = canceller.join().unwrap();
             assert!(started != claimed, "exactly one of start and claim wins");

@@ -19,11 +19,8 @@ pub(crate) enum Work {
     Async(crate::timer::Async),
 }
 
-/// The caller's callback and `arg`, kept in the task's [`State`] until the task ends (see
-/// [`State::with_work`] for who may touch it). `None` once a job has taken it to run.
-pub(crate) type Payload = Option<Callbacks>;
-
-/// What a task of each kind calls.
+/// What a task of each kind calls, with the caller's `arg`: kept in the task's [`State`] (as
+/// `Some`) until the task's run or end takes it (see [`State::with_work`] for who may).
 pub(crate) enum Callbacks {
     Job(crate::job::Payload),
     Timer(crate::timer::Ticks),
@@ -31,7 +28,7 @@ pub(crate) enum Callbacks {
 
 /// One unit of work submitted by C: a blocking job, a sleep or a timer.
 pub(crate) struct Task {
-    state: State<Payload>,
+    state: State<Option<Callbacks>>,
     /// When it was submitted ([`now_ns`](crate::sync::now_ns)).
     pub(crate) submitted_ns: u64,
     pub(crate) work: Work,
@@ -49,9 +46,9 @@ impl Task {
 }
 
 impl Deref for Task {
-    type Target = State<Payload>;
+    type Target = State<Option<Callbacks>>;
 
-    fn deref(&self) -> &State<Payload> {
+    fn deref(&self) -> &State<Option<Callbacks>> {
         &self.state
     }
 }

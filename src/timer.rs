@@ -13,7 +13,7 @@ use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
 use crate::sync::{micros_between, now_ns};
-use crate::task::{Callbacks, Payload, Submission, Task, Work};
+use crate::task::{Callbacks, Submission, Task, Work};
 use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -31,7 +31,9 @@ pub type tb_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void, tick: u64) 
 /// ([`Ticks`]), for the holder of its [`Armed`].
 pub(crate) struct Async {
     /// The runtime's timer queue. While the task is armed the queue holds it too: that cycle
-    /// ends when the task leaves the queue, or when the queue closes (the runtime shuts down).
+    /// ends when the task leaves the queue, or when the queue closes (when Tokio drops the
+    /// queue's driver at the runtime's shutdown, which may be after `tb_runtime_shutdown`
+    /// returned, if it timed out).
     queue: Arc<TimerQueue>,
     /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
     /// millisecond. Written under the queue's lock.
@@ -68,7 +70,7 @@ pub(crate) struct Ticks {
 }
 
 /// The [`Ticks`] of a sleep or timer's work.
-fn ticks(work: &mut Payload) -> &mut Ticks {
+fn ticks(work: &mut Option<Callbacks>) -> &mut Ticks {
     match work {
         Some(Callbacks::Timer(ticks)) => ticks,
         _ => unreachable!("an armed sleep or timer has its ticks"),
@@ -242,7 +244,9 @@ pub extern "C" fn tb_sleep(rt: tb_runtime, delay_ms: u64, out: *mut tb_task) -> 
 ///
 /// `func` runs on an async worker thread and must not block (see `tb_timer_fn`). `free_arg(arg)`
 /// (when not NULL) runs exactly once on a worker when the timer ends, before its completion
-/// callback, which also runs on a worker. On failure nothing runs and the caller keeps `arg`.
+/// callback, which also runs on a worker; but if the runtime shuts down while this call arms
+/// the timer, it ends at once with `TB_ERR_SHUTDOWN`, and `free_arg` runs on the calling thread
+/// before this call returns `TB_OK`. On failure nothing runs and the caller keeps `arg`.
 /// Errors: `TB_ERR_NULL` (`func`, `out`), `TB_ERR_BAD_HANDLE`, `TB_ERR_SHUTDOWN`. Any thread.
 #[no_mangle]
 pub extern "C" fn tb_timer_start(
