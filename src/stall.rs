@@ -246,10 +246,11 @@ impl Shared {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             } else {
-                // A callback starting after this store sees it and wakes us; one that started
-                // before it is seen by the check right after.
+                // A callback starting, or a stalled one handing over its end, after this store
+                // sees it and wakes us; one that did so before it is seen by the checks right
+                // after.
                 self.asleep.store(true, Ordering::SeqCst);
-                if self.any_running() {
+                if self.any_running() || !lock!(self.ended).is_empty() {
                     self.asleep.store(false, Ordering::SeqCst);
                     continue;
                 }
@@ -392,6 +393,8 @@ pub(crate) fn timed<R>(kind: u32, callback: usize, arg: *mut c_void, f: impl FnO
             if duration_ns >= slot.shared.threshold_ns {
                 let seen = slot.seen(seq, duration_ns);
                 lock!(slot.shared.ended).push(seen);
+                // The watchdog may have gone to sleep once this callback stopped running.
+                slot.shared.wake_up();
             }
         }
     }
