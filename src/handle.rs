@@ -254,9 +254,18 @@ impl<T> HandleTable<T> {
         Ok(self.split(id))
     }
 
-    /// The error for `id`, which names no live object.
-    fn dead(&self, id: u64, slot: Option<&Slot<T>>, generation: u32) -> Error {
-        let why = if slot.is_some_and(|slot| slot.was_live_at(generation)) {
+    /// True if `slot` (of `shard`) was issued at `generation` and has moved on since. Read under
+    /// the shard's lock, so that a removal under way has finished: a removal empties the slot
+    /// before it moves the generation on, and a lookup failing in between must not take the
+    /// slot for one never issued at that generation.
+    fn was_live_at(&self, shard: usize, slot: Option<&Slot<T>>, generation: u32) -> bool {
+        let _settled = self.lock(shard);
+        slot.is_some_and(|slot| slot.was_live_at(generation))
+    }
+
+    /// The error for `id` (of `shard`), which names no live object.
+    fn dead(&self, id: u64, shard: usize, slot: Option<&Slot<T>>, generation: u32) -> Error {
+        let why = if self.was_live_at(shard, slot, generation) {
             "is not live (released, or its runtime was shut down)"
         } else {
             "was never issued (forged or corrupted)"
@@ -289,7 +298,7 @@ impl<T> HandleTable<T> {
             let value = ManuallyDrop::new(unsafe { Arc::from_raw(value) });
             Some(f(&value))
         });
-        found.ok_or_else(|| self.dead(id, slot, generation))
+        found.ok_or_else(|| self.dead(id, shard_index, slot, generation))
     }
 
     /// Returns a new reference to the live object named by `id`.
@@ -309,7 +318,7 @@ impl<T> HandleTable<T> {
         });
         let Some(live) = live else {
             drop(slots);
-            return Err(self.dead(id, slot, generation));
+            return Err(self.dead(id, shard_index, slot, generation));
         };
         let value = Self::retire(&mut slots, live, local);
         drop(slots);
@@ -325,8 +334,7 @@ impl<T> HandleTable<T> {
         let Ok((shard_index, local, generation)) = self.decode(id) else {
             return false;
         };
-        self.slot(shard_index, local)
-            .is_some_and(|slot| slot.was_live_at(generation))
+        self.was_live_at(shard_index, self.slot(shard_index, local), generation)
     }
 
     /// How many ids are live in this table.
@@ -440,6 +448,32 @@ mod tests {
         });
         for cell in &ids {
             TABLE.remove(cell.load(Ordering::Relaxed), |_| ()).unwrap();
+        }
+        assert_eq!(TABLE.live(), 0);
+    }
+
+    /// A lookup that fails because its object is being removed says the id is no longer live,
+    /// never that it was never issued (a removal empties the slot before it moves the
+    /// generation on; found by the model test under Miri: a submission racing a shutdown got
+    /// `TB_ERR_BAD_HANDLE` instead of `TB_ERR_SHUTDOWN`).
+    #[test]
+    fn a_lookup_failing_during_a_removal_names_a_removed_id() {
+        static TABLE: HandleTable<u64> = HandleTable::new(TAG_QUEUE);
+        let rounds = if cfg!(miri) { 20 } else { 5_000 };
+        for _ in 0..rounds {
+            let id = TABLE.reserve().unwrap();
+            TABLE.publish(id, Arc::new(id));
+            std::thread::scope(|scope| {
+                scope.spawn(|| TABLE.remove(id, |_| ()).unwrap());
+                let error = loop {
+                    match TABLE.with(id, |value| **value) {
+                        Ok(value) => assert_eq!(value, id),
+                        Err(error) => break error,
+                    }
+                };
+                let text = error.to_string();
+                assert!(text.contains("is not live"), "{text}");
+            });
         }
         assert_eq!(TABLE.live(), 0);
     }
