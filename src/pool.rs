@@ -288,8 +288,10 @@ impl Pool {
     /// busy drainer's job is a long one after all.
     fn busy_drainers_suffice(&self, state: &State) -> bool {
         let busy = (state.running + state.spinning) as u64;
-        let per_job = self.average_run_ns.load(Ordering::Relaxed).max(1_000);
-        busy > 0 && self.jobs_are_quick() && state.queued as u64 * per_job <= busy * BUSY_BACKLOG_NS
+        let average = self.average_run_ns.load(Ordering::Relaxed);
+        busy > 0
+            && average < QUICK_NS
+            && state.queued as u64 * average.max(1_000) <= busy * BUSY_BACKLOG_NS
     }
 
     /// Has [`recheck`](Self::recheck) run in [`RECHECK`], on an async worker.

@@ -131,11 +131,14 @@ impl Armed {
         if task.cancel_requested() {
             return; // dropping ends it, cancelled
         }
-        // SAFETY: the holder of the Armed owns the task's work.
+        // SAFETY: the holder of the Armed owns the task's work. The tick about to run is
+        // counted now: the work is not touched again until the next tick or the end.
         let (tick, arg, count) = unsafe {
             task.with_work(|work| {
                 let ticks = ticks(work);
-                (ticks.tick, ticks.arg.ptr(), ticks.count)
+                let count = ticks.count;
+                ticks.count += u64::from(ticks.tick.is_some());
+                (ticks.tick, ticks.arg.ptr(), count)
             })
         };
         let Some(tick) = tick else {
@@ -147,8 +150,6 @@ impl Armed {
                 unsafe { (tick.func)(arg, count) }
             })
         });
-        // SAFETY: as above.
-        unsafe { task.with_work(|work| ticks(work).count += 1) };
         let due = parts(task).due.load(Ordering::Relaxed);
         if code != 0 || tick.period_ms == 0 {
             return self.end(Some((TB_OK, code)));
