@@ -367,13 +367,14 @@ typedef struct tb_runtime_config {
    *
    * Threads start on demand, one at a time, and only when no thread is idle: up to one per
    * CPU for any jobs, more only while every thread is inside a job and the jobs are long
-   * (100 us or more on average, or none has ended for 1 ms), that is blocked rather than
-   * busy, since more threads than CPUs cannot run quick jobs faster. So a burst of quick
-   * jobs runs on about one thread per CPU, and blocking jobs get up to this many threads.
-   * While jobs are quick (under 20 us on average), a new job is also left to the threads
-   * already running jobs when they will take it within 50 us, rather than waking an idle
-   * thread; if it lands behind a long job that way, an idle thread is woken for it within
-   * about 3 ms.
+   * (100 us or more on average, or none has ended for 1 ms since the last one did or the
+   * runtime started), that is blocked rather than busy, since more threads than CPUs cannot
+   * run quick jobs faster. So a burst of quick jobs runs on about one thread per CPU, and
+   * blocking jobs get up to this many threads. While jobs are quick (under 20 us on
+   * average), a new job is also left to the threads already running jobs when they will
+   * take it within 50 us or already keep every CPU but one busy, rather than waking an idle
+   * thread; if it lands behind a long job that way, an idle thread is woken for it once no
+   * job has ended for about 1 ms: within a few milliseconds.
    */
   uint32_t max_blocking_threads;
   /**

@@ -18,11 +18,12 @@
 //!   (a futex wake-up on another CPU costs about 20 us); the spin adapts, shrinking when it
 //!   does not pay (see [`Spin`]);
 //! - with quick jobs, leave a new job to the drainers already inside one or spinning when they
-//!   will clear the queue within 50 us, instead of waking a sleeping drainer: every thread
-//!   more than the CPUs can run only slows quick jobs down (the submitting thread's futex
-//!   calls, preempted lock holders). A check about 1 ms later, repeated while jobs wait, wakes
-//!   sleeping drainers for any job that has waited 0.5 ms, in case a busy drainer's job was a
-//!   long one after all. The check runs as a task on an async worker: a worker blocked by a C
+//!   will clear the queue within 50 us or already keep every CPU but one busy, instead of
+//!   waking a sleeping drainer: every thread more than the CPUs can run only slows quick jobs
+//!   down (the submitting thread's futex calls, preempted lock holders). A check about 1 ms
+//!   later, repeated while jobs wait, wakes sleeping drainers for any job that has waited
+//!   0.5 ms while no job ended for as long, in case a busy drainer's job was a long one after
+//!   all. The check runs as a task on an async worker: a worker blocked by a C
 //!   callback (which the stall detector reports) delays it too.
 
 use std::collections::VecDeque;
@@ -88,7 +89,7 @@ const BUSY_BACKLOG_NS: u64 = 50_000;
 /// sleep on an async worker: 1 to 3 ms in practice (Tokio's timer counts whole milliseconds).
 const RECHECK: Duration = Duration::from_millis(1);
 
-/// What a submission does once it has queued its job and let go of the lock.
+/// What a submission, a drainer or a recheck does once it has let go of the lock.
 enum Next {
     /// Nothing: a spinning or busy drainer takes the job.
     Nothing,
@@ -121,7 +122,8 @@ pub(crate) struct Pool {
     /// submission once it has let go of the lock, down under the lock as jobs leave the queue,
     /// so that it can be below the queue's length for a moment, never above it.
     pending: AtomicIsize,
-    /// When a job last ended ([`now_ns`]).
+    /// When a job last ended ([`now_ns`]); the pool's creation until one has, so that a burst
+    /// of jobs right after it does not pass for drainers stuck in long jobs.
     last_end_ns: AtomicU64,
     /// A moving average of how long jobs run, in ns.
     average_run_ns: AtomicU64,
@@ -151,7 +153,7 @@ impl Pool {
             counters,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pending: AtomicIsize::new(0),
-            last_end_ns: AtomicU64::new(0),
+            last_end_ns: AtomicU64::new(now_ns()),
             average_run_ns: AtomicU64::new(0),
             spin: Spin::new(SPIN_MIN_NS, SPIN_MAX_NS),
             max_threads,
@@ -203,23 +205,47 @@ impl Pool {
             state.idle -= 1;
             state.wakeups += 1;
             Next::Wake
-        } else if self.reserve_drainer(&mut state) {
-            Next::Grow
         } else {
-            Next::Nothing
+            self.grow_or_recheck(&mut state)
         };
         drop(state);
         // Counted once the lock is free, so that a spinning drainer that sees it finds the lock
         // free instead of contending for it with this thread.
         self.pending.fetch_add(1, Ordering::Release);
-        match next {
-            Next::Nothing => {}
-            Next::Recheck => self.arm_recheck(),
-            Next::Wake => self.work.notify_one(),
-            Next::Grow if self.spawn_drainer() => {}
-            Next::Grow => return self.unqueue_without_drainers(task),
+        if self.act(next) {
+            Ok(())
+        } else {
+            self.unqueue_without_drainers(task)
         }
-        Ok(())
+    }
+
+    /// Does what was decided under the lock, once it is released. False if the OS refused to
+    /// start a drainer.
+    fn act(self: &Arc<Self>, next: Next) -> bool {
+        match next {
+            Next::Nothing => true,
+            Next::Recheck => {
+                self.arm_recheck();
+                true
+            }
+            Next::Wake => {
+                self.work.notify_one();
+                true
+            }
+            Next::Grow => self.spawn_drainer(),
+        }
+    }
+
+    /// For queued jobs that no drainer is free to take: starts a drainer if the pool should
+    /// grow now, else has a [`recheck`](Self::recheck) look again later if it may grow then.
+    fn grow_or_recheck(&self, state: &mut State) -> Next {
+        if self.reserve_drainer(state) {
+            Next::Grow
+        } else if self.may_grow_later(state) && !std::mem::replace(&mut state.recheck_armed, true) {
+            Next::Recheck
+        } else {
+            Next::Nothing
+        }
     }
 
     /// After the OS refused to start a drainer: if none is alive either, nobody would ever run
@@ -281,17 +307,21 @@ impl Pool {
     }
 
     /// True when the jobs are quick and the drainers inside one or spinning will take every
-    /// queued job within [`BUSY_BACKLOG_NS`]. A new job is then left to them: waking a sleeping
-    /// drainer would cost the submitting thread a futex call, and the woken thread would
-    /// compete for the CPUs with the busy drainers and the submitting threads (on two CPUs the
-    /// throughput of quick jobs halved). A [`recheck`](Self::recheck) covers the case where a
-    /// busy drainer's job is a long one after all.
+    /// queued job within [`BUSY_BACKLOG_NS`], or already keep every CPU but one busy (the
+    /// submitting thread needs one: more drainers would only take turns with it and each
+    /// other). A new job is then left to them: waking a sleeping drainer would cost the
+    /// submitting thread a futex call, and the woken thread would compete for the CPUs with
+    /// the busy drainers and the submitting threads (on two CPUs, four drainers contending
+    /// for the pool's lock ran quick jobs at a quarter of the speed of one). A
+    /// [`recheck`](Self::recheck) covers the case where a busy drainer's job is a long one
+    /// after all.
     fn busy_drainers_suffice(&self, state: &State) -> bool {
-        let busy = (state.running + state.spinning) as u64;
+        let busy = state.running + state.spinning;
         let average = self.average_run_ns.load(Ordering::Relaxed);
         busy > 0
             && average < QUICK_NS
-            && state.queued as u64 * average.max(1_000) <= busy * BUSY_BACKLOG_NS
+            && (busy + 1 >= self.cpus
+                || state.queued as u64 * average.max(1_000) <= busy as u64 * BUSY_BACKLOG_NS)
     }
 
     /// Has [`recheck`](Self::recheck) run in [`RECHECK`], on an async worker.
@@ -306,10 +336,11 @@ impl Pool {
         }));
     }
 
-    /// Wakes sleeping drainers for jobs that have waited longer than half of [`RECHECK`]: the
-    /// busy drainers they were left to are inside long jobs. Jobs that have not waited that long
-    /// yet are checked on again later. With no drainer asleep, it starts one if the pool may
-    /// grow, as a submission would.
+    /// Wakes sleeping drainers for jobs that have waited longer than half of [`RECHECK`] while
+    /// no job ended for that long: the busy drainers they were left to are inside long jobs.
+    /// Otherwise (the jobs are young, or the drainers are getting through them) it checks on
+    /// them again later. With no drainer asleep, it starts one if the pool may grow, as a
+    /// submission would, and checks again later if the pool may grow then.
     fn recheck(self: &Arc<Self>) {
         let mut state = self.lock();
         state.recheck_armed = false;
@@ -320,8 +351,12 @@ impl Pool {
             .queue
             .front()
             .map_or(u64::MAX, |task| task.submitted_ns);
-        let young = now_ns().saturating_sub(oldest) < RECHECK.as_nanos() as u64 / 2;
-        if young && state.idle > 0 {
+        let now = now_ns();
+        let half = RECHECK.as_nanos() as u64 / 2;
+        let young = now.saturating_sub(oldest) < half;
+        let progress =
+            now.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) < half + END_GRAIN_NS;
+        if (young || progress) && state.idle > 0 {
             state.recheck_armed = true;
             drop(state);
             return self.arm_recheck();
@@ -336,10 +371,9 @@ impl Pool {
             }
             return;
         }
-        if self.reserve_drainer(&mut state) {
-            drop(state);
-            self.spawn_drainer();
-        }
+        let next = self.grow_or_recheck(&mut state);
+        drop(state);
+        self.act(next);
     }
 
     /// Wakes a shutdown waiting in [`wait_idle`](Self::wait_idle) once no job runs or ends.
@@ -347,6 +381,18 @@ impl Pool {
         if state.closed && state.running == 0 && state.ending == 0 {
             self.idle.notify_all();
         }
+    }
+
+    /// True when the pool has a drainer per CPU and may grow past that, but not now: the jobs
+    /// do not look long yet (see [`reserve_drainer`](Self::reserve_drainer)). A
+    /// [`recheck`](Self::recheck) then looks again later, when one may have been inside its
+    /// job long enough.
+    fn may_grow_later(&self, state: &State) -> bool {
+        !state.closed
+            && state.starting == 0
+            && state.drainers >= self.cpus
+            && state.drainers < self.max_threads
+            && state.running == state.drainers
     }
 
     /// Counts one more drainer if the pool should grow now.
@@ -432,14 +478,13 @@ impl Pool {
                 state.running += 1;
                 // Jobs left behind this one, and nobody free to take them: maybe one more
                 // drainer (each new one, once it holds a job, considers the next).
-                let grow = state.queued > 0
-                    && state.idle == 0
-                    && state.spinning == 0
-                    && self.reserve_drainer(&mut state);
+                let next = if state.queued > 0 && state.idle == 0 && state.spinning == 0 {
+                    self.grow_or_recheck(&mut state)
+                } else {
+                    Next::Nothing
+                };
                 drop(state);
-                if grow {
-                    self.spawn_drainer();
-                }
+                self.act(next);
                 let (run_ns, ended) = crate::job::run(&task);
                 self.note_end(&mut average, run_ns, ended);
                 drop(task);
