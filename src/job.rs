@@ -16,7 +16,7 @@ use crate::pool::Pool;
 use crate::runtime::tb_runtime;
 use crate::state::{Cancelled, QUEUED};
 use crate::sync::{micros_between, now_ns};
-use crate::task::{Callbacks, Submission, Task, Work};
+use crate::task::{self, Callbacks, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
 /// The job a blocking callback is running, as seen from inside the callback.
@@ -165,28 +165,29 @@ pub extern "C" fn tb_spawn_blocking(
 ) -> tb_status {
     boundary("tb_spawn_blocking", || {
         let func = func.ok_or_else(|| Error::null("func"))?;
-        let submission = Submission::start(rt, out)?;
-        let pool = &submission.runtime.pool;
-        let task = Arc::new(Task::new(
-            submission.id,
-            Work::Blocking(Blocking {
-                pool: Arc::clone(pool),
-            }),
-            Callbacks::Job(Payload {
-                func,
-                arg: UserArg::new(arg, free_arg),
-            }),
-            QUEUED,
-        ));
-        if let Err(error) = pool.submit(&task) {
-            assert!(task.claim(), "an unqueued job is owned by its submitter");
-            // SAFETY: just claimed; the job was never visible to anyone else.
-            if let Some(payload) = unsafe { take_payload(&task) } {
-                payload.arg.disarm();
+        task::submit(rt, out, |id, runtime| {
+            let pool = &runtime.pool;
+            let task = Arc::new(Task::new(
+                id,
+                Work::Blocking(Blocking {
+                    pool: Arc::clone(pool),
+                }),
+                Callbacks::Job(Payload {
+                    func,
+                    arg: UserArg::new(arg, free_arg),
+                }),
+                QUEUED,
+            ));
+            if let Err(error) = pool.submit(&task) {
+                assert!(task.claim(), "an unqueued job is owned by its submitter");
+                // SAFETY: just claimed; the job was never visible to anyone else.
+                if let Some(payload) = unsafe { take_payload(&task) } {
+                    payload.arg.disarm();
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
-        Ok(submission.publish(task))
+            Ok(task)
+        })
     })
 }
 

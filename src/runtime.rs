@@ -263,7 +263,24 @@ static DEFAULT: Mutex<Option<u64>> = Mutex::new(None);
 
 /// The live runtime named by `rt`.
 pub(crate) fn lookup(rt: tb_runtime) -> Result<Arc<Runtime>, Error> {
-    let runtime = RUNTIMES.get(rt.id).map_err(|error| {
+    with(rt, |runtime| Ok(Arc::clone(runtime)))
+}
+
+/// Runs `f` on the live runtime `rt`, without a reference count of its own: inside the lookup's
+/// read section (see [`HandleTable::with`]), so `f` should be brief. A runtime shut down
+/// meanwhile stays allocated until `f` returns; a removal of any object meanwhile is dropped
+/// by a later removal.
+pub(crate) fn with<R>(
+    rt: tb_runtime,
+    f: impl FnOnce(&Arc<Runtime>) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let found = RUNTIMES.with(rt.id, |runtime| {
+        if runtime.is_closed() {
+            return Err(Error::new(TB_ERR_SHUTDOWN, "the runtime is shutting down"));
+        }
+        f(runtime)
+    });
+    found.map_err(|error| {
         if RUNTIMES.was_removed(rt.id) {
             Error::text(
                 TB_ERR_SHUTDOWN,
@@ -272,11 +289,7 @@ pub(crate) fn lookup(rt: tb_runtime) -> Result<Arc<Runtime>, Error> {
         } else {
             error
         }
-    })?;
-    if runtime.is_closed() {
-        return Err(Error::new(TB_ERR_SHUTDOWN, "the runtime is shutting down"));
-    }
-    Ok(runtime)
+    })?
 }
 
 /// Names threads "<name>-worker-N" for the first `workers` threads Tokio starts and

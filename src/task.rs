@@ -53,48 +53,35 @@ impl Deref for Task {
     }
 }
 
-/// A task being submitted: its runtime is live and its id reserved but not yet live.
-///
-/// Dropped without [`publish`](Self::publish) (the submission failed), it gives the id back.
-pub(crate) struct Submission {
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) id: u64,
+/// Submits a task to runtime `rt` and writes its handle to `*out`: checks `out` and the
+/// runtime, reserves an id, has `make` build the task and queue or arm it, then makes the id
+/// live. On error (or a panic) the id is given back. `make` runs inside the runtime's lookup
+/// (see [`runtime::with`]): the submission takes no reference count of the runtime.
+pub(crate) fn submit(
+    rt: tb_runtime,
     out: *mut tb_task,
-    published: bool,
-}
-
-impl Submission {
-    /// Checks the out-param and the runtime, and reserves an id.
-    pub(crate) fn start(rt: tb_runtime, out: *mut tb_task) -> Result<Self, Error> {
-        if out.is_null() {
-            return Err(Error::null("out"));
+    make: impl FnOnce(u64, &Arc<Runtime>) -> Result<Arc<Task>, Error>,
+) -> Result<tb_status, Error> {
+    /// Gives the reserved id back unless it was published.
+    struct Reserved(u64);
+    impl Drop for Reserved {
+        fn drop(&mut self) {
+            TASKS.unreserve(self.0);
         }
-        let runtime = runtime::lookup(rt)?;
-        let id = TASKS.reserve()?;
-        Ok(Submission {
-            runtime,
-            id,
-            out,
-            published: false,
-        })
     }
-
-    /// Makes the task's handle live and gives it to the caller.
-    pub(crate) fn publish(mut self, task: Arc<Task>) -> tb_status {
-        TASKS.publish(self.id, task);
-        self.published = true;
+    if out.is_null() {
+        return Err(Error::null("out"));
+    }
+    runtime::with(rt, |runtime| {
+        let reserved = Reserved(TASKS.reserve()?);
+        let task = make(reserved.0, runtime)?;
+        let id = reserved.0;
+        std::mem::forget(reserved);
+        TASKS.publish(id, task);
         // SAFETY: checked non-NULL; the caller provides space for a tb_task.
-        unsafe { self.out.write(tb_task { id: self.id }) };
-        TB_OK
-    }
-}
-
-impl Drop for Submission {
-    fn drop(&mut self) {
-        if !self.published {
-            TASKS.unreserve(self.id);
-        }
-    }
+        unsafe { out.write(tb_task { id }) };
+        Ok(TB_OK)
+    })
 }
 
 #[cfg(all(test, target_pointer_width = "64", not(tb_loom)))]

@@ -13,7 +13,7 @@ use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
 use crate::sync::{micros_between, now_ns};
-use crate::task::{Callbacks, Submission, Task, Work};
+use crate::task::{self, Callbacks, Task, Work};
 use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -185,37 +185,37 @@ fn spawn(
     free_arg: tb_free_fn,
     out: *mut tb_task,
 ) -> Result<tb_status, Error> {
-    let submission = Submission::start(rt, out)?;
-    let runtime = &submission.runtime;
-    let task = Arc::new(Task::new(
-        submission.id,
-        Work::Async(Async {
-            queue: Arc::clone(&runtime.timers),
-            due: AtomicU64::new(0),
-            index: AtomicUsize::new(0),
-        }),
-        Callbacks::Timer(Ticks {
-            tick,
-            arg: UserArg::new(arg, free_arg),
-            count: 0,
-        }),
-        RUNNING,
-    ));
-    runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
-    let armed = Armed {
-        task: Some(Arc::clone(&task)),
-    };
-    // On a runtime shut down meanwhile, the queue ends the task at once.
-    if delay_ms == 0 {
-        // Due now: a period counts from here.
-        parts(&task).due.store(task.submitted_ns, Ordering::Relaxed);
-        runtime.timers.fire_soon(armed);
-    } else {
-        runtime
-            .timers
-            .insert(armed, later(task.submitted_ns, delay_ms));
-    }
-    Ok(submission.publish(task))
+    task::submit(rt, out, |id, runtime| {
+        let task = Arc::new(Task::new(
+            id,
+            Work::Async(Async {
+                queue: Arc::clone(&runtime.timers),
+                due: AtomicU64::new(0),
+                index: AtomicUsize::new(0),
+            }),
+            Callbacks::Timer(Ticks {
+                tick,
+                arg: UserArg::new(arg, free_arg),
+                count: 0,
+            }),
+            RUNNING,
+        ));
+        runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
+        let armed = Armed {
+            task: Some(Arc::clone(&task)),
+        };
+        // On a runtime shut down meanwhile, the queue ends the task at once.
+        if delay_ms == 0 {
+            // Due now: a period counts from here.
+            parts(&task).due.store(task.submitted_ns, Ordering::Relaxed);
+            runtime.timers.fire_soon(armed);
+        } else {
+            runtime
+                .timers
+                .insert(armed, later(task.submitted_ns, delay_ms));
+        }
+        Ok(task)
+    })
 }
 
 /// Starts an async sleep: the task finishes with `TB_OK` after `delay_ms` milliseconds.
