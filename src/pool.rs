@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -118,10 +118,14 @@ pub(crate) struct Pool {
     handle: tokio::runtime::Handle,
     pub(crate) counters: Arc<Counters>,
     cpus: usize,
-    /// Jobs in the queue, for spinning drainers to watch without the lock: counted up by a
-    /// submission once it has let go of the lock, down under the lock as jobs leave the queue,
-    /// so that it can be below the queue's length for a moment, never above it.
-    pending: AtomicIsize,
+    /// Jobs queued while a drainer spins, for the spinners to watch without the lock. Changed
+    /// under the lock only: a submission counts its job only while a drainer spins, and a job
+    /// leaving the queue is uncounted while the count is not zero. A drainer begins to spin only
+    /// with the queue empty, and jobs leave it in order, so the counted jobs are the first ones
+    /// in the queue and the count is exact. A submission to drainers busy with a backlog (no
+    /// spinner, the usual case under load) does not write this cache line, which the drainers
+    /// read for every job: writing it took it from them each time.
+    pending: AtomicUsize,
     /// When a job last ended ([`now_ns`]); the pool's creation until one has, so that a burst
     /// of jobs right after it does not pass for drainers stuck in long jobs.
     last_end_ns: AtomicU64,
@@ -152,7 +156,7 @@ impl Pool {
             handle,
             counters,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            pending: AtomicIsize::new(0),
+            pending: AtomicUsize::new(0),
             last_end_ns: AtomicU64::new(now_ns()),
             average_run_ns: AtomicU64::new(0),
             spin: Spin::new(SPIN_MIN_NS, SPIN_MAX_NS),
@@ -193,6 +197,10 @@ impl Pool {
         state.queue.push_back(Arc::clone(task));
         state.queued += 1;
         state.submitted += 1;
+        if state.spinning > 0 {
+            let pending = self.pending.load(Ordering::Relaxed);
+            self.pending.store(pending + 1, Ordering::Release);
+        }
         let next = if state.spinning > state.spin_claims {
             state.spin_claims += 1;
             Next::Nothing
@@ -209,9 +217,6 @@ impl Pool {
             self.grow_or_recheck(&mut state)
         };
         drop(state);
-        // Counted once the lock is free, so that a spinning drainer that sees it finds the lock
-        // free instead of contending for it with this thread.
-        self.pending.fetch_add(1, Ordering::Release);
         if self.act(next) {
             Ok(())
         } else {
@@ -260,8 +265,8 @@ impl Pool {
         let Some(at) = state.queue.iter().rposition(|t| Arc::ptr_eq(t, task)) else {
             return Ok(());
         };
+        // No drainer, so none was spinning when it was queued: it was not counted in `pending`.
         state.queue.remove(at);
-        self.pending.fetch_sub(1, Ordering::Relaxed);
         state.queued -= 1;
         state.submitted -= 1;
         Err(Error::new(
@@ -470,7 +475,10 @@ impl Pool {
         state.starting -= 1;
         loop {
             if let Some(task) = state.queue.pop_front() {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                let pending = self.pending.load(Ordering::Relaxed);
+                if pending > 0 {
+                    self.pending.store(pending - 1, Ordering::Relaxed);
+                }
                 if !task.start() {
                     continue; // cancelled while queued; whoever cancelled it ended it
                 }
@@ -550,8 +558,7 @@ impl Pool {
         self.closed.store(true, Ordering::Release);
         state.queued = 0;
         let queued = std::mem::take(&mut state.queue);
-        self.pending
-            .fetch_sub(queued.len() as isize, Ordering::Relaxed);
+        self.pending.store(0, Ordering::Relaxed);
         drop(state);
         self.work.notify_all();
         queued.into()
