@@ -75,12 +75,18 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// A blocking job started after waiting `queued_us` in the queue.
+    /// A blocking job started after waiting `queued_us` in the queue. A read-modify-write that
+    /// would change nothing is skipped: a drainer does this for every job, and each one is a
+    /// locked instruction.
     pub(crate) fn job_started(&self, queued_us: u64) {
-        self.queue_wait_total_us
-            .fetch_add(queued_us, Ordering::Relaxed);
-        self.queue_wait_max_us
-            .fetch_max(queued_us, Ordering::Relaxed);
+        if queued_us > 0 {
+            self.queue_wait_total_us
+                .fetch_add(queued_us, Ordering::Relaxed);
+        }
+        if queued_us > self.queue_wait_max_us.load(Ordering::Relaxed) {
+            self.queue_wait_max_us
+                .fetch_max(queued_us, Ordering::Relaxed);
+        }
     }
 
     /// A blocking job's callback returned; `failed` if it reported an error.
