@@ -95,8 +95,8 @@ enum Next {
     Nothing,
     /// Has [`Pool::recheck`] run soon (the job was left to busy drainers).
     Recheck,
-    /// Wakes a sleeping drainer.
-    Wake,
+    /// Wakes this many sleeping drainers.
+    Wake(usize),
     /// Starts a drainer (reserved under the lock).
     Grow,
 }
@@ -205,14 +205,9 @@ impl Pool {
             state.spin_claims += 1;
             Next::Nothing
         } else if state.idle > 0 && self.busy_drainers_suffice(&state) {
-            match std::mem::replace(&mut state.recheck_armed, true) {
-                false => Next::Recheck,
-                true => Next::Nothing,
-            }
+            Self::recheck_later(&mut state)
         } else if state.idle > 0 {
-            state.idle -= 1;
-            state.wakeups += 1;
-            Next::Wake
+            Self::wake(&mut state, 1)
         } else {
             self.grow_or_recheck(&mut state)
         };
@@ -233,24 +228,56 @@ impl Pool {
                 self.arm_recheck();
                 true
             }
-            Next::Wake => {
-                self.work.notify_one();
+            Next::Wake(n) => {
+                for _ in 0..n {
+                    self.work.notify_one();
+                }
                 true
             }
             Next::Grow => self.spawn_drainer(),
         }
     }
 
-    /// For queued jobs that no drainer is free to take: starts a drainer if the pool should
-    /// grow now, else has a [`recheck`](Self::recheck) look again later if it may grow then.
-    fn grow_or_recheck(&self, state: &mut State) -> Next {
-        if self.reserve_drainer(state) {
-            Next::Grow
-        } else if self.may_grow_later(state) && !std::mem::replace(&mut state.recheck_armed, true) {
-            Next::Recheck
-        } else {
-            Next::Nothing
+    /// Has a [`recheck`](Self::recheck) run soon, unless one is due already.
+    fn recheck_later(state: &mut State) -> Next {
+        match std::mem::replace(&mut state.recheck_armed, true) {
+            false => Next::Recheck,
+            true => Next::Nothing,
         }
+    }
+
+    /// Tells `n` sleeping drainers to wake (they are no longer counted idle).
+    fn wake(state: &mut State, n: usize) -> Next {
+        state.idle -= n;
+        state.wakeups += n;
+        Next::Wake(n)
+    }
+
+    /// For queued jobs that no drainer is free to take: starts a drainer if the pool should
+    /// grow now (counting it under the lock), else has a [`recheck`](Self::recheck) look again
+    /// later if it may grow then, when a drainer may have been inside its job long enough.
+    ///
+    /// Threads start one at a time, never beyond `max_threads`; past one drainer per CPU, only
+    /// while every drainer is inside a job and the jobs are long (on average, or none ended
+    /// for a while): more threads than CPUs help only drainers blocked in their jobs.
+    fn grow_or_recheck(&self, state: &mut State) -> Next {
+        if state.closed || state.starting > 0 || state.drainers >= self.max_threads {
+            return Next::Nothing;
+        }
+        if state.drainers >= self.cpus {
+            if state.running < state.drainers {
+                return Next::Nothing;
+            }
+            let long = self.average_run_ns.load(Ordering::Relaxed) >= STUCK_NS
+                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= QUIET_NS;
+            if !long {
+                return Self::recheck_later(state);
+            }
+        }
+        state.drainers += 1;
+        state.peak_drainers = state.peak_drainers.max(state.drainers);
+        state.starting += 1;
+        Next::Grow
     }
 
     /// After the OS refused to start a drainer: if none is alive either, nobody would ever run
@@ -361,22 +388,14 @@ impl Pool {
         let young = now.saturating_sub(oldest) < half;
         let progress =
             now.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) < half + END_GRAIN_NS;
-        if (young || progress) && state.idle > 0 {
-            state.recheck_armed = true;
-            drop(state);
-            return self.arm_recheck();
-        }
-        let woken = state.idle.min(state.queued);
-        if woken > 0 {
-            state.idle -= woken;
-            state.wakeups += woken;
-            drop(state);
-            for _ in 0..woken {
-                self.work.notify_one();
-            }
-            return;
-        }
-        let next = self.grow_or_recheck(&mut state);
+        let next = if state.idle == 0 {
+            self.grow_or_recheck(&mut state)
+        } else if young || progress {
+            Self::recheck_later(&mut state)
+        } else {
+            let woken = state.idle.min(state.queued);
+            Self::wake(&mut state, woken)
+        };
         drop(state);
         self.act(next);
     }
@@ -386,38 +405,6 @@ impl Pool {
         if state.closed && state.running == 0 && state.ending == 0 {
             self.idle.notify_all();
         }
-    }
-
-    /// True when the pool has a drainer per CPU and may grow past that, but not now: the jobs
-    /// do not look long yet (see [`reserve_drainer`](Self::reserve_drainer)). A
-    /// [`recheck`](Self::recheck) then looks again later, when one may have been inside its
-    /// job long enough.
-    fn may_grow_later(&self, state: &State) -> bool {
-        !state.closed
-            && state.starting == 0
-            && state.drainers >= self.cpus
-            && state.drainers < self.max_threads
-            && state.running == state.drainers
-    }
-
-    /// Counts one more drainer if the pool should grow now.
-    fn reserve_drainer(&self, state: &mut State) -> bool {
-        if state.closed || state.starting > 0 || state.drainers >= self.max_threads {
-            return false;
-        }
-        if state.drainers >= self.cpus {
-            // More threads than CPUs help only drainers blocked in their jobs: every drainer
-            // inside a job, and the jobs long (on average, or none ended for a while).
-            let long = self.average_run_ns.load(Ordering::Relaxed) >= STUCK_NS
-                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= QUIET_NS;
-            if state.running < state.drainers || !long {
-                return false;
-            }
-        }
-        state.drainers += 1;
-        state.peak_drainers = state.peak_drainers.max(state.drainers);
-        state.starting += 1;
-        true
     }
 
     /// Records that a job ran `run_ns` and ended at `ended` ([`now_ns`]), into `average`, the

@@ -12,9 +12,8 @@
 //! QUEUED owns the job's work (its callback and `arg`; a sleep or timer, which starts RUNNING,
 //! has its work owned by whoever holds it armed), the winner of the move into COMPLETING
 //! records the outcome in its place, runs `free_arg` beforehand and the completion callback
-//! afterwards. A task is FINISHED only
-//! once its completion callback has returned, so a waiter that wakes up may free what the
-//! callback used.
+//! afterwards. A task is FINISHED only once its completion callback has returned, so a waiter
+//! that wakes up may free what the callback used.
 //!
 //! This module knows nothing of pools, timers or Tokio, so that it can be model-checked with
 //! loom: built with `--cfg tb_loom`, its atomic, mutex and condition variable are loom's (see
@@ -39,6 +38,10 @@ use std::sync::{
 
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
+use crate::error::{Error, TB_ERR_ALREADY};
+use crate::queue::Queue;
+use crate::stall::{self, TB_STALL_COMPLETION};
+use crate::sync::{lock, wait_until, Spin};
 
 /// The standard `UnsafeCell` behind loom's interface (`with`, `with_mut`), so that the model
 /// checks also check every access to a task's body for races.
@@ -59,10 +62,6 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
-use crate::error::{Error, TB_ERR_ALREADY};
-use crate::queue::Queue;
-use crate::stall::{self, TB_STALL_COMPLETION};
-use crate::sync::{lock, wait_until, Spin};
 
 pub(crate) const QUEUED: u8 = 0;
 pub(crate) const RUNNING: u8 = 1;

@@ -4,8 +4,8 @@
 //! Armed tasks are kept in buckets of one millisecond (a vector of tasks in each; a ring of the
 //! 1024 buckets from the earliest on, a B-tree of buckets beyond, see [`Buckets`]), so that
 //! arming a timer costs a push on a bucket's vector: no Tokio task and no Tokio timer of its
-//! own, and a timer fires at the end of its millisecond at the earliest, like Tokio's own. When it is due, the driver spawns a short [`Fire`] task for
-//! it, so that its tick runs like any other task on any worker: a tick that blocks one worker
+//! own, and a timer fires at the end of its millisecond at the earliest, like Tokio's own.
+//! When it is due, the driver spawns a short [`Fire`] task for it, so that its tick runs like any other task on any worker: a tick that blocks one worker
 //! delays the tasks of that worker only, as Tokio's own timers would. A periodic timer goes back
 //! into the queue after each tick.
 //!
@@ -46,6 +46,13 @@ const KEEP: usize = 16;
 /// The bucket of a task due at `due` ([`now_ns`]): the millisecond it is due in, rounded up.
 fn bucket(due: u64) -> u64 {
     due.div_ceil(MS)
+}
+
+/// Lets an emptied bucket of the ring give its memory back if it held more than [`KEEP`].
+fn shrink<T>(bucket: &mut Vec<T>) {
+    if bucket.is_empty() && bucket.capacity() > KEEP {
+        *bucket = Vec::new();
+    }
 }
 
 /// Items by bucket: those of the next [`RING`] buckets from `first` in a ring (adding one is a
@@ -122,10 +129,8 @@ impl<T> Buckets<T> {
             at(moved, index);
         }
         if in_ring {
+            shrink(bucket);
             self.in_ring -= 1;
-            if bucket.is_empty() && bucket.capacity() > KEEP {
-                *bucket = Vec::new();
-            }
         } else if bucket.is_empty() {
             self.later.remove(&key);
         }
@@ -172,14 +177,12 @@ impl<T> Buckets<T> {
             let bucket = self.ring_slot(first);
             let taken = bucket.len().min(room);
             out.extend(bucket.drain(bucket.len() - taken..));
-            if !bucket.is_empty() {
-                self.in_ring -= taken;
+            let emptied = bucket.is_empty();
+            shrink(bucket);
+            self.in_ring -= taken;
+            if !emptied {
                 return;
             }
-            if bucket.capacity() > KEEP {
-                *bucket = Vec::new();
-            }
-            self.in_ring -= taken;
             room -= taken;
             self.advance(first + 1);
         }
@@ -260,14 +263,15 @@ impl TimerQueue {
             // The driver may have slept long: arm from the present, into the ring.
             state.due.catch_up(now_ns() / MS);
         }
-        if bucket(due) < state.due.first {
+        let key = bucket(due);
+        if key < state.due.first {
             // Due already, in a bucket taken: to a worker now, not a millisecond late in the
             // next bucket. (Its `Fire` task sees a cancel requested meanwhile.)
             timer::parts(armed.task()).due.store(due, Ordering::Relaxed);
             drop(state);
             return self.fire_soon(armed);
         }
-        let key = state.due.push(bucket(due), armed, |armed, index| {
+        let key = state.due.push(key, armed, |armed, index| {
             let parts = timer::parts(armed.task());
             parts.due.store(due, Ordering::Relaxed);
             parts.index.store(index, Ordering::Relaxed);

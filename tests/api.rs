@@ -195,18 +195,6 @@ fn handoff() -> &'static Handoff {
     Box::leak(Box::default())
 }
 
-/// Polls `cond` every millisecond for up to `secs` seconds; true if it held.
-fn within(secs: u64, cond: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        if Instant::now() > end {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 #[test]
 fn a_job_left_to_a_busy_thread_starts_when_that_job_is_long() {
     // With quick jobs, a new job is left to a drainer inside one rather than waking a sleeping

@@ -151,11 +151,19 @@ pub fn outcome(t: tb_task) -> tb_outcome {
 }
 
 pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
+    assert!(within(20, cond), "timed out waiting until {what}");
+}
+
+/// Polls `cond` every millisecond for up to `secs` seconds; true if it held.
+pub fn within(secs: u64, cond: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < end, "timed out waiting until {what}");
+        if Instant::now() > end {
+            return false;
+        }
         thread::sleep(Duration::from_millis(1));
     }
+    true
 }
 
 /// A `tb_metrics` ready to be filled: `struct_size` set.
