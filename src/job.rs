@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::clock::{self, micros_between, nanos_between, now_ns};
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{
@@ -15,7 +16,6 @@ use crate::panic::boundary;
 use crate::pool::Pool;
 use crate::runtime::tb_runtime;
 use crate::state::{Cancelled, QUEUED};
-use crate::sync::{micros_between, now_ns};
 use crate::task::{self, Callbacks, Task, Work};
 use crate::userdata::{tb_free_fn, UserArg};
 
@@ -75,6 +75,7 @@ fn blocking(task: &Task) -> &Blocking {
 /// Runs a started job on this (blocking) thread and completes its task. Returns how long its
 /// callback ran and when it returned ([`now_ns`]), in ns.
 pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
+    let queued_us = waited_us(task);
     let started = now_ns();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
@@ -98,7 +99,6 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
         Ok((code, value, ended)) => (TB_ERR_CALLBACK, code, value, ended),
         Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), now_ns()),
     };
-    let queued_us = micros_between(task.submitted_ns, started);
     let counters = &blocking(task).pool.counters;
     counters.job_started(queued_us);
     counters.job_completed(status != TB_OK);
@@ -116,6 +116,11 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
     (ended.saturating_sub(started), ended)
 }
 
+/// Microseconds since `task`, a job, was submitted.
+fn waited_us(task: &Task) -> u64 {
+    nanos_between(task.submitted, clock::stamp()) / 1000
+}
+
 /// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
 /// thread, then completes it with `status`.
 pub(crate) fn abandon(task: &Task, status: tb_status) {
@@ -129,7 +134,7 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
     drop(unsafe { take_payload(task) });
     task.settle(tb_outcome {
         status,
-        queued_us: micros_between(task.submitted_ns, now_ns()),
+        queued_us: waited_us(task),
         ..tb_outcome::default()
     });
 }
@@ -177,6 +182,7 @@ pub extern "C" fn tb_spawn_blocking(
                     arg: UserArg::new(arg, free_arg),
                 }),
                 QUEUED,
+                clock::stamp(),
             ));
             if let Err(error) = pool.submit(&task) {
                 assert!(task.claim(), "an unqueued job is owned by its submitter");

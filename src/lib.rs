@@ -33,6 +33,7 @@ pub mod stall;
 pub mod timer;
 pub mod version;
 
+mod clock;
 mod context;
 mod handle;
 mod panic;

@@ -32,11 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::clock::{self, now_ns};
 use crate::context;
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
 use crate::state::Cancelled;
-use crate::sync::{lock, now_ns, wait_until, Spin};
+use crate::sync::{lock, wait_until, Spin};
 use crate::task::Task;
 
 #[derive(Default)]
@@ -379,13 +380,10 @@ impl Pool {
         if state.queued == 0 {
             return;
         }
-        let oldest = state
-            .queue
-            .front()
-            .map_or(u64::MAX, |task| task.submitted_ns);
-        let now = now_ns();
+        let oldest = state.queue.front().map_or(u64::MAX, |task| task.submitted);
         let half = RECHECK.as_nanos() as u64 / 2;
-        let young = now.saturating_sub(oldest) < half;
+        let young = clock::nanos_between(oldest, clock::stamp()) < half;
+        let now = now_ns();
         let progress =
             now.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) < half + END_GRAIN_NS;
         let next = if state.idle == 0 {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::clock;
 use crate::context;
 use crate::error::{
     tb_status, Error, TB_ERR_INVALID_ARG, TB_ERR_OS, TB_ERR_SHUTDOWN, TB_OK, TB_PENDING,
@@ -589,6 +590,7 @@ pub extern "C" fn tb_runtime_new(cfg: *const tb_runtime_config, out: *mut tb_run
 }
 
 fn create(config: Config, is_default: bool) -> Result<u64, Error> {
+    clock::prepare();
     let runtime = Runtime::start(config, is_default)?;
     let id = match RUNTIMES.reserve() {
         Ok(id) => id,

@@ -16,12 +16,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::clock::now_ns;
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_INVALID_ARG, TB_ERR_OS, TB_OK};
 use crate::metrics::Counters;
 use crate::panic::boundary;
 use crate::runtime::{self, tb_runtime};
-use crate::sync::{lock, now_ns};
+use crate::sync::lock;
 
 /// `tb_stall.kind`: a timer callback (`tb_timer_start`).
 pub const TB_STALL_TIMER: u32 = 0;

@@ -43,23 +43,6 @@ pub(crate) use {lock, wait_until};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Nanoseconds on the monotonic clock (since boot), never 0: a time that fits an atomic, read
-/// without the arithmetic of `Instant`.
-pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(1)
-}
-
-/// Microseconds from `from` to `to`, two [`now_ns`] readings; 0 if `to` is earlier.
-pub(crate) fn micros_between(from: u64, to: u64) -> u64 {
-    to.saturating_sub(from) / 1000
-}
-
 /// An adaptive spin: how long to busy-wait for an event before sleeping on a condition
 /// variable. Each spin that sees the event doubles the next one, each that does not halves it,
 /// within `[min_ns, max_ns]`: it stays long where spinning pays (a quick job on an idle CPU) and

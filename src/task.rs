@@ -8,7 +8,6 @@ use crate::error::{tb_status, Error, TB_OK};
 use crate::handle::{HandleTable, TAG_TASK};
 use crate::runtime::{self, tb_runtime, Runtime};
 use crate::state::State;
-use crate::sync::now_ns;
 
 /// Every live task handle.
 pub(crate) static TASKS: HandleTable<Task> = HandleTable::new(TAG_TASK);
@@ -29,17 +28,26 @@ pub(crate) enum Callbacks {
 /// One unit of work submitted by C: a blocking job, a sleep or a timer.
 pub(crate) struct Task {
     state: State<Option<Callbacks>>,
-    /// When it was submitted ([`now_ns`](crate::sync::now_ns)).
-    pub(crate) submitted_ns: u64,
+    /// When it was submitted: for a blocking job a [`stamp`](crate::clock::stamp) (only its queue time is
+    /// measured from it), for a sleep or timer a [`now_ns`](crate::clock::now_ns) reading (its delay counts
+    /// from there).
+    pub(crate) submitted: u64,
     pub(crate) work: Work,
 }
 
 impl Task {
-    /// A task of handle `id`, starting in `phase` (`QUEUED` or `RUNNING`).
-    pub(crate) fn new(id: u64, work: Work, callbacks: Callbacks, phase: u8) -> Self {
+    /// A task of handle `id`, starting in `phase` (`QUEUED` or `RUNNING`), submitted at
+    /// `submitted` (see [`Task::submitted`]).
+    pub(crate) fn new(
+        id: u64,
+        work: Work,
+        callbacks: Callbacks,
+        phase: u8,
+        submitted: u64,
+    ) -> Self {
         Task {
             state: State::new(id, phase, Some(callbacks)),
-            submitted_ns: now_ns(),
+            submitted,
             work,
         }
     }

@@ -5,6 +5,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::clock::{micros_between, now_ns};
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{tb_status, Error, TB_ERR_CANCELLED, TB_ERR_SHUTDOWN, TB_OK};
@@ -12,7 +13,6 @@ use crate::panic::boundary;
 use crate::runtime::tb_runtime;
 use crate::stall::{self, TB_STALL_TIMER};
 use crate::state::RUNNING;
-use crate::sync::{micros_between, now_ns};
 use crate::task::{self, Callbacks, Task, Work};
 use crate::timer_queue::TimerQueue;
 use crate::userdata::{tb_free_fn, UserArg};
@@ -113,7 +113,7 @@ impl Armed {
                 value: std::ptr::null_mut(),
                 ticks: ticks.count,
                 queued_us: 0,
-                run_us: micros_between(task.submitted_ns, now_ns()),
+                run_us: micros_between(task.submitted, now_ns()),
             });
         }
         parts(&task)
@@ -199,6 +199,7 @@ fn spawn(
                 count: 0,
             }),
             RUNNING,
+            now_ns(),
         ));
         runtime.counters.async_tasks.fetch_add(1, Ordering::AcqRel);
         let armed = Armed {
@@ -207,12 +208,12 @@ fn spawn(
         // On a runtime shut down meanwhile, the queue ends the task at once.
         if delay_ms == 0 {
             // Due now: a period counts from here.
-            parts(&task).due.store(task.submitted_ns, Ordering::Relaxed);
+            parts(&task).due.store(task.submitted, Ordering::Relaxed);
             runtime.timers.fire_soon(armed);
         } else {
             runtime
                 .timers
-                .insert(armed, later(task.submitted_ns, delay_ms));
+                .insert(armed, later(task.submitted, delay_ms));
         }
         Ok(task)
     })

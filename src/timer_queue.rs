@@ -26,8 +26,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::{Instant, Sleep};
 
+use crate::clock::now_ns;
 use crate::metrics::Counters;
-use crate::sync::{lock, now_ns};
+use crate::sync::lock;
 use crate::task::Task;
 use crate::timer::{self, Armed};
 

@@ -56,12 +56,21 @@ fn a_non_zero_return_is_a_callback_error_with_its_code() {
 
 #[test]
 fn the_outcome_measures_queue_and_run_time() {
-    let rt = runtime();
+    let rt = runtime_with(&config(1, 1));
     let p = probe();
     p.sleep_ms.store(50, Ordering::SeqCst);
-    let o = outcome(spawn(rt, Some(job_fn), p));
-    assert!(o.run_us >= 45_000, "run_us {}", o.run_us);
-    assert!(o.queued_us < o.run_us);
+    let first = spawn(rt, Some(job_fn), p);
+    // Queued behind the first on the pool's only thread: it waits as long as the first runs.
+    let second = spawn(rt, Some(job_fn), p);
+    let (first, second) = (outcome(first), outcome(second));
+    assert!(first.run_us >= 45_000, "run_us {}", first.run_us);
+    assert!(first.queued_us < first.run_us);
+    assert!(
+        second.queued_us >= first.run_us / 2 && second.queued_us <= 2 * first.run_us + 20_000,
+        "queued {} us behind a job that ran {} us",
+        second.queued_us,
+        first.run_us
+    );
     shutdown(rt);
 }
 
