@@ -28,9 +28,10 @@ pub(crate) enum Callbacks {
 /// One unit of work submitted by C: a blocking job, a sleep or a timer.
 pub(crate) struct Task {
     state: State<Option<Callbacks>>,
-    /// When it was submitted: for a blocking job a [`stamp`](crate::clock::stamp) (only its queue time is
-    /// measured from it), for a sleep or timer a [`now_ns`](crate::clock::now_ns) reading (its delay counts
-    /// from there).
+    /// When it was submitted: for a blocking job a [`stamp`](crate::clock::stamp) (only its
+    /// queue time is measured from it, with [`nanos_between`](crate::clock::nanos_between)),
+    /// for a sleep or timer a [`now_ns`](crate::clock::now_ns) reading (its delay counts from
+    /// there).
     pub(crate) submitted: u64,
     pub(crate) work: Work,
 }

@@ -56,21 +56,36 @@ fn a_non_zero_return_is_a_callback_error_with_its_code() {
 
 #[test]
 fn the_outcome_measures_queue_and_run_time() {
-    let rt = runtime_with(&config(1, 1));
+    let rt = runtime();
     let p = probe();
     p.sleep_ms.store(50, Ordering::SeqCst);
-    let first = spawn(rt, Some(job_fn), p);
-    // Queued behind the first on the pool's only thread: it waits as long as the first runs.
-    let second = spawn(rt, Some(job_fn), p);
-    let (first, second) = (outcome(first), outcome(second));
-    assert!(first.run_us >= 45_000, "run_us {}", first.run_us);
-    assert!(first.queued_us < first.run_us);
+    let o = outcome(spawn(rt, Some(job_fn), p));
+    assert!(o.run_us >= 45_000, "run_us {}", o.run_us);
+    assert!(o.queued_us < o.run_us);
+    shutdown(rt);
+}
+
+#[test]
+fn a_job_queued_behind_another_reports_how_long_it_waited() {
+    let rt = runtime_with(&config(1, 1));
+    // The pool's only thread is held by a job that runs until it is cancelled.
+    let holder = probe();
+    holder.sleep_ms.store(60_000, Ordering::SeqCst);
+    let first = spawn(rt, Some(chunked_fn), holder);
+    wait_until("the first job runs", || {
+        holder.runs.load(Ordering::SeqCst) == 1
+    });
+    let submitted = Instant::now();
+    let second = spawn(rt, Some(job_fn), probe());
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(tb_task_cancel(first), TB_ERR_BUSY, "running: only flagged");
+    let waited = outcome(second).queued_us;
+    let bound = submitted.elapsed().as_micros() as u64;
     assert!(
-        second.queued_us >= first.run_us / 2 && second.queued_us <= 2 * first.run_us + 20_000,
-        "queued {} us behind a job that ran {} us",
-        second.queued_us,
-        first.run_us
+        (50_000..=bound).contains(&waited),
+        "queued {waited} us; at least 50,000 and at most the {bound} us since its submission"
     );
+    outcome(first);
     shutdown(rt);
 }
 
