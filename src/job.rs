@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -52,13 +53,13 @@ pub(crate) struct Blocking {
 ///
 /// # Safety
 /// The caller must have won the task's transition out of QUEUED (a drainer starting it, or
-/// whoever cancelled it or shut the pool down).
-unsafe fn take_payload(task: &Task) -> Option<Payload> {
-    match task.with_work(Option::take) {
-        Some(Callbacks::Job(payload)) => Some(payload),
-        None => None,
-        Some(Callbacks::Timer(_)) => unreachable!("only blocking tasks reach the pool"),
-    }
+/// whoever cancelled it or shut the pool down), and takes the payload only once.
+unsafe fn take_payload(task: &Task) -> Payload {
+    debug_assert!(
+        matches!(task.work, Work::Blocking(_)),
+        "only a job has a payload"
+    );
+    task.with_work(|work| ManuallyDrop::take(&mut work.job))
 }
 
 thread_local! {
@@ -79,7 +80,7 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
     let started = now_ns();
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
-        let payload = unsafe { take_payload(task) }.expect("a started job has a payload");
+        let payload = unsafe { take_payload(task) };
         let job = tb_job {
             task: Arc::as_ptr(task),
             value: Cell::new(std::ptr::null_mut()),
@@ -177,19 +178,19 @@ pub extern "C" fn tb_spawn_blocking(
                 Work::Blocking(Blocking {
                     pool: Arc::clone(pool),
                 }),
-                Callbacks::Job(Payload {
-                    func,
-                    arg: UserArg::new(arg, free_arg),
-                }),
+                Callbacks {
+                    job: ManuallyDrop::new(Payload {
+                        func,
+                        arg: UserArg::new(arg, free_arg),
+                    }),
+                },
                 QUEUED,
                 clock::stamp(),
             ));
             if let Err(error) = pool.submit(&task) {
                 assert!(task.claim(), "an unqueued job is owned by its submitter");
                 // SAFETY: just claimed; the job was never visible to anyone else.
-                if let Some(payload) = unsafe { take_payload(&task) } {
-                    payload.arg.disarm();
-                }
+                unsafe { take_payload(&task) }.arg.disarm();
                 return Err(error);
             }
             Ok(task)

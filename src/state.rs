@@ -7,16 +7,19 @@
 //!      +--- claim (cancel, shutdown) ---------------------->+
 //! ```
 //!
-//! The phase and the CANCEL bit share one atomic word, so every transition is a single
-//! compare-and-swap and exactly one thread wins each of them: the winner of the move out of
+//! The phase, the CANCEL bit and the bits of the task's registrations (completion callback,
+//! queue notification, watchers, sleeping waiters) share one atomic byte, so every transition
+//! is a single compare-and-swap and exactly one thread wins each of them: the winner of the move out of
 //! QUEUED owns the job's work (its callback and `arg`; a sleep or timer, which starts RUNNING,
 //! has its work owned by whoever holds it armed), the winner of the move into COMPLETING
 //! records the outcome in its place, runs `free_arg` beforehand and the completion callback
 //! afterwards. A task is FINISHED only once its completion callback has returned, so a waiter
-//! that wakes up may free what the callback used.
+//! that wakes up may free what the callback used. Registrations and sleeping waiters use a
+//! lock and condition variable shared by many tasks (a [`Stripe`]); a task without any never
+//! takes a lock.
 //!
 //! This module knows nothing of pools, timers or Tokio, so that it can be model-checked with
-//! loom: built with `--cfg tb_loom`, its atomic, mutex and condition variable are loom's (see
+//! loom: built with `--cfg tb_loom`, its atomics, mutexes and condition variables are loom's (see
 //! the `loom_tests` module and the README's "Reliability" section).
 
 use std::ffi::c_void;
@@ -27,13 +30,13 @@ use std::time::Instant;
 use loom::cell::UnsafeCell;
 #[cfg(all(test, tb_loom))]
 use loom::sync::{
-    atomic::{AtomicBool, AtomicU8, Ordering},
-    Condvar, Mutex,
+    atomic::{AtomicU32, AtomicU8, Ordering},
+    Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(all(test, tb_loom)))]
 use std::sync::{
-    atomic::{AtomicBool, AtomicU8, Ordering},
-    Condvar, Mutex,
+    atomic::{AtomicU32, AtomicU8, Ordering},
+    Condvar, Mutex, MutexGuard,
 };
 
 use crate::completion::{tb_outcome, tb_task};
@@ -69,6 +72,15 @@ const COMPLETING: u8 = 2;
 const FINISHED: u8 = 3;
 const PHASE_MASK: u8 = 3;
 const CANCEL: u8 = 4;
+/// Registrations, each set once (under the task's stripe lock) and never cleared: a completion
+/// callback, a queue notification, `tb_wait_any` watchers, a thread sleeping until the task
+/// finishes.
+const CALLBACK: u8 = 8;
+const NOTIFY: u8 = 16;
+const WATCHED: u8 = 32;
+const WAITING: u8 = 64;
+/// A task with any of these bits finishes under its stripe lock (see [`State::settle`]).
+const SLOW: u8 = CALLBACK | NOTIFY | WATCHED | WAITING;
 
 /// How long a thread spins in [`State::wait`] before it sleeps: 4 to 30 us.
 #[cfg(not(all(test, tb_loom)))]
@@ -141,27 +153,58 @@ impl Watcher {
     }
 }
 
-struct Inner {
-    callback: Option<Callback>,
-    callback_registered: bool,
-    waiters: u32,
-    /// Boxed: most tasks never have a queue notification or a watcher. With a million timers
-    /// every byte of a task counts a megabyte.
-    rare: Option<Box<Rare>>,
+/// The locks and condition variables that tasks share, picked by a task's address: a task's
+/// registrations (its completion callback, queue notification and `tb_wait_any` watchers) are
+/// guarded by its stripe's lock, and threads waiting for it sleep on its stripe's condition
+/// variable. A task of its own would cost 12 bytes of lock and condition variable, and with a
+/// million timers every byte of a task counts a megabyte; most tasks never take the lock at all
+/// (see [`State::settle`]).
+#[cfg_attr(not(all(test, tb_loom)), repr(align(128)))]
+struct Stripe {
+    lock: Mutex<()>,
+    cv: Condvar,
 }
 
-/// What few tasks have: a queue to notify (`tb_task_notify`) and `tb_wait_any` watchers.
+/// How many stripes there are: a power of two. A multiplicative hash of a task's address picks
+/// one (tasks allocated one after another fall on different stripes).
+#[cfg(not(all(test, tb_loom)))]
+const STRIPES: usize = 64;
+/// One stripe in the model checks: each model has one task, and a stripe chosen by address
+/// could differ from one execution of a model to the next, which loom does not allow.
+#[cfg(all(test, tb_loom))]
+const STRIPES: usize = 1;
+
+#[cfg(not(all(test, tb_loom)))]
+static STRIPE: [Stripe; STRIPES] = [const {
+    Stripe {
+        lock: Mutex::new(()),
+        cv: Condvar::new(),
+    }
+}; STRIPES];
+
+#[cfg(all(test, tb_loom))]
+loom::lazy_static! {
+    static ref STRIPE: [Stripe; STRIPES] = std::array::from_fn(|_| Stripe {
+        lock: Mutex::new(()),
+        cv: Condvar::new(),
+    });
+}
+
+/// What few tasks have, under their stripe's lock: a completion callback, a queue to notify
+/// (`tb_task_notify`) and `tb_wait_any` watchers.
 #[derive(Default)]
 struct Rare {
+    callback: Option<Callback>,
     notify: Option<(Arc<Queue>, u64)>,
     watchers: Vec<Arc<Watcher>>,
 }
 
 /// What a task holds until it ends, then how it ended. They never live at once, so they share
-/// the space: a task's work is there until it settles, its outcome from then on.
-enum Body<W> {
-    Work(W),
-    Outcome(tb_outcome),
+/// the space, told apart by the task's phase: the work is there until the task settles (its
+/// owner takes it out, or uses it in place, before), the outcome from then on.
+union Body<W> {
+    work: std::mem::ManuallyDrop<W>,
+    outcome: tb_outcome,
 }
 
 /// The state of one task: its phase, work, outcome, callback, notification and waiters.
@@ -169,16 +212,19 @@ enum Body<W> {
 /// `W` is what the task runs (a job's callback, a timer's tick, with their `arg`). It belongs
 /// to whoever owns the task's phase: the thread that moved it out of QUEUED, or for a task
 /// started RUNNING whoever the caller says owns it (a timer's `Armed`). Only that owner may
-/// touch it ([`with_work`](Self::with_work)); the owner that settles the task replaces it with
-/// the outcome, which is read only once the task is FINISHED.
+/// touch it ([`with_work`](Self::with_work)), and takes it out before the task settles: the
+/// state never drops it (the outcome takes its place when the task settles, and is read only
+/// once the task is FINISHED).
 pub(crate) struct State<W> {
     pub(crate) id: u64,
+    /// The phase, the CANCEL bit and which registrations the task has (see [`SLOW`]).
     state: AtomicU8,
-    /// Set (under the `inner` lock) once a queue notification is registered; read without the
-    /// lock by [`is_finished_now`](Self::is_finished_now).
-    notify_registered: AtomicBool,
-    inner: Mutex<Inner>,
-    finished: Condvar,
+    /// The task's index in its bucket while it is armed in a timer queue (sleeps and timers),
+    /// kept by the queue under its lock. Here, beside the state byte, because it fills the
+    /// space the byte would leave empty.
+    pub(crate) place: AtomicU32,
+    /// Written only under the task's stripe lock, with the registration's bit set.
+    rare: UnsafeCell<Option<Box<Rare>>>,
     body: UnsafeCell<Body<W>>,
 }
 
@@ -186,7 +232,8 @@ pub(crate) struct State<W> {
 // settles (for a job, the winner of an atomic move between phases; for a sleep or timer, the
 // holder of its `Armed`, handed on under the timer queue's lock or through Tokio's spawn, both
 // of which order one holder's accesses before the next's), then only read, by threads that
-// saw the task FINISHED, which the owner set after writing the outcome.
+// saw the task FINISHED, which the owner set after writing the outcome. `rare` is touched only
+// under the task's stripe lock.
 unsafe impl<W: Send> Sync for State<W> {}
 
 /// What `cancel` did.
@@ -204,37 +251,50 @@ impl<W> State<W> {
         State {
             id,
             state: AtomicU8::new(phase),
-            notify_registered: AtomicBool::new(false),
-            inner: Mutex::new(Inner {
-                callback: None,
-                callback_registered: false,
-                waiters: 0,
-                rare: None,
+            place: AtomicU32::new(0),
+            rare: UnsafeCell::new(None),
+            body: UnsafeCell::new(Body {
+                work: std::mem::ManuallyDrop::new(work),
             }),
-            finished: Condvar::new(),
-            body: UnsafeCell::new(Body::Work(work)),
         }
     }
 
     /// Runs `f` on the task's work.
     ///
     /// # Safety
-    /// The caller must own the task's phase (see [`State`]) and the task must not have settled.
+    /// The caller must own the task's phase (see [`State`]), the task must not have settled,
+    /// and what `f` takes out of the work is not there for the next caller.
     pub(crate) unsafe fn with_work<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
-        self.body.with_mut(|body| match &mut *body {
-            Body::Work(work) => f(work),
-            Body::Outcome(_) => unreachable!("a settled task has no work"),
-        })
+        self.body.with_mut(|body| f(&mut (*body).work))
     }
 
     /// The outcome of a FINISHED task.
     fn finished_outcome(&self) -> tb_outcome {
         debug_assert!(self.is_finished());
         // SAFETY: written once before the task became FINISHED, never again.
-        self.body.with(|body| match unsafe { &*body } {
-            Body::Outcome(outcome) => *outcome,
-            Body::Work(_) => unreachable!("a finished task has its outcome"),
-        })
+        self.body.with(|body| unsafe { (*body).outcome })
+    }
+
+    /// This task's stripe.
+    fn stripe(&self) -> &'static Stripe {
+        let address = std::ptr::from_ref(self) as usize as u64;
+        let hash = (address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &STRIPE[(hash >> 40) as usize & (STRIPES - 1)]
+    }
+
+    /// Runs `f` on the task's registrations. The caller holds the task's stripe lock (`_held`).
+    fn rare<R>(
+        &self,
+        _held: &MutexGuard<'_, ()>,
+        f: impl FnOnce(&mut Option<Box<Rare>>) -> R,
+    ) -> R {
+        // SAFETY: `rare` is touched only under the stripe lock, which the caller holds.
+        self.rare.with_mut(|rare| f(unsafe { &mut *rare }))
+    }
+
+    /// Sets `bits` (a registration's, under the stripe lock) and returns the state before.
+    fn mark(&self, bits: u8) -> u8 {
+        self.state.fetch_or(bits, Ordering::AcqRel)
     }
 
     fn transition(&self, f: impl Fn(u8) -> Option<u8>) -> Result<u8, u8> {
@@ -252,8 +312,8 @@ impl<W> State<W> {
     /// threads polling one task then only read it.
     pub(crate) fn is_finished_now(&self) -> bool {
         self.is_finished()
-            || (self.notify_registered.load(Ordering::Acquire) && {
-                let _settled = lock!(self.inner);
+            || (self.state.load(Ordering::Acquire) & NOTIFY != 0 && {
+                let _settled = lock!(self.stripe().lock);
                 self.is_finished()
             })
     }
@@ -265,24 +325,24 @@ impl<W> State<W> {
 
     /// QUEUED -> RUNNING. False if the task was claimed (cancelled or shut down) first.
     pub(crate) fn start(&self) -> bool {
-        self.transition(|s| (s == QUEUED).then_some(RUNNING))
+        self.transition(|s| (s & PHASE_MASK == QUEUED).then_some(s + RUNNING))
             .is_ok()
     }
 
     /// QUEUED -> COMPLETING for a job that will never run. True if the caller won it.
     pub(crate) fn claim(&self) -> bool {
-        self.transition(|s| (s == QUEUED).then_some(COMPLETING))
+        self.transition(|s| (s & PHASE_MASK == QUEUED).then_some(s + COMPLETING))
             .is_ok()
     }
 
     /// Cancels: claims a queued task, or sets the CANCEL bit of a running one.
     pub(crate) fn cancel(&self) -> Cancelled {
         match self.transition(|s| match s & PHASE_MASK {
-            QUEUED => Some(COMPLETING | CANCEL),
+            QUEUED => Some((s + COMPLETING) | CANCEL),
             RUNNING => Some(s | CANCEL),
             _ => None,
         }) {
-            Ok(QUEUED) => Cancelled::Claimed,
+            Ok(before) if before & PHASE_MASK == QUEUED => Cancelled::Claimed,
             Ok(_) => Cancelled::Requested,
             Err(_) => Cancelled::TooLate,
         }
@@ -291,40 +351,54 @@ impl<W> State<W> {
     /// RUNNING -> COMPLETING. Returns whether a cancel had been requested, or None if the task
     /// was not running (someone else is completing it).
     pub(crate) fn begin_completion(&self) -> Option<bool> {
-        self.transition(|s| (s & PHASE_MASK == RUNNING).then_some(COMPLETING | (s & CANCEL)))
+        self.transition(|s| (s & PHASE_MASK == RUNNING).then_some(s + (COMPLETING - RUNNING)))
             .ok()
-            .map(|previous| previous & CANCEL != 0)
+            .map(|before| before & CANCEL != 0)
     }
 
     /// Records the outcome in place of the work, runs the completion callback, then marks the
     /// task FINISHED and wakes its waiters. Only the thread that moved the task into COMPLETING
-    /// may call it; what is left of the work (its `arg` already freed) is dropped here.
+    /// may call it, once it has taken what it needed out of the work (its `arg` already freed).
+    ///
+    /// A task without registrations (no callback, notification, watcher or sleeping waiter: the
+    /// bits of [`SLOW`]) becomes FINISHED with one compare-and-swap and no lock; a
+    /// registration sets its bit under the stripe lock, so that either it comes first and
+    /// the swap fails (the task then finishes under the lock, as below), or the swap comes
+    /// first and the registration finds the task FINISHED.
     pub(crate) fn settle(&self, outcome: tb_outcome) {
         // SAFETY: the caller owns the phase (COMPLETING), and nobody reads the body before the
         // task is FINISHED, below.
-        drop(
-            self.body
-                .with_mut(|body| unsafe { std::mem::replace(&mut *body, Body::Outcome(outcome)) }),
-        );
-        let mut inner = lock!(self.inner);
-        if let Some(callback) = inner.callback.take() {
-            drop(inner);
-            callback.call(self.id, &outcome);
-            inner = lock!(self.inner);
+        self.body
+            .with_mut(|body| unsafe { (*body).outcome = outcome });
+        let quick = self.transition(|s| (s & SLOW == 0).then_some(s + (FINISHED - COMPLETING)));
+        if quick.is_err() {
+            self.settle_registered(&outcome);
+        }
+    }
+
+    /// The end of [`settle`](Self::settle) for a task with registrations.
+    fn settle_registered(&self, outcome: &tb_outcome) {
+        let stripe = self.stripe();
+        let mut held = lock!(stripe.lock);
+        let callback = self.rare(&held, |rare| rare.as_mut().and_then(|r| r.callback.take()));
+        if let Some(callback) = callback {
+            drop(held);
+            callback.call(self.id, outcome);
+            held = lock!(stripe.lock);
         }
         // The tag goes in before the task counts as finished, in the same critical section: a
         // thread that sees the task finished also finds its tag, and one that drains the tag and
         // then asks for the outcome waits for this lock and finds the task finished.
-        let rare = inner.rare.take();
+        let rare = self.rare(&held, Option::take);
         if let Some((queue, tag)) = rare.as_ref().and_then(|rare| rare.notify.as_ref()) {
             queue.push(*tag);
         }
-        self.state
+        let before = self
+            .state
             .fetch_add(FINISHED - COMPLETING, Ordering::AcqRel);
-        let wake = inner.waiters > 0;
-        drop(inner);
-        if wake {
-            self.finished.notify_all();
+        drop(held);
+        if before & WAITING != 0 {
+            stripe.cv.notify_all();
         }
         for watcher in rare.iter().flat_map(|rare| rare.watchers.iter()) {
             watcher.fire();
@@ -333,49 +407,51 @@ impl<W> State<W> {
 
     /// Registers a queue to receive `tag` when the task finishes, or pushes it now if it has.
     pub(crate) fn notify(&self, queue: Arc<Queue>, tag: u64) -> Result<(), Error> {
-        let mut inner = lock!(self.inner);
-        if self.notify_registered.load(Ordering::Relaxed) {
+        let held = lock!(self.stripe().lock);
+        let before = self.mark(NOTIFY);
+        if before & NOTIFY != 0 {
             return Err(Error::new(
                 TB_ERR_ALREADY,
                 "a queue notification is already registered for this task",
             ));
         }
-        self.notify_registered.store(true, Ordering::Release);
-        if self.is_finished() {
-            drop(inner);
+        if before & PHASE_MASK == FINISHED {
+            drop(held);
             queue.push(tag);
         } else {
-            inner.rare.get_or_insert_with(Box::default).notify = Some((queue, tag));
+            self.rare(&held, |rare| {
+                rare.get_or_insert_with(Box::default).notify = Some((queue, tag));
+            });
         }
         Ok(())
     }
 
     /// Registers the completion callback, or runs it now (on this thread) if the task finished.
     pub(crate) fn on_complete(&self, callback: Callback) -> Result<(), Error> {
-        let mut inner = lock!(self.inner);
-        if inner.callback_registered {
+        let held = lock!(self.stripe().lock);
+        let before = self.mark(CALLBACK);
+        if before & CALLBACK != 0 {
             return Err(Error::new(
                 TB_ERR_ALREADY,
                 "a completion callback is already registered for this task",
             ));
         }
-        inner.callback_registered = true;
-        if self.is_finished() {
-            drop(inner);
+        if before & PHASE_MASK == FINISHED {
+            drop(held);
             callback.call(self.id, &self.finished_outcome());
         } else {
-            inner.callback = Some(callback);
+            self.rare(&held, |rare| {
+                rare.get_or_insert_with(Box::default).callback = Some(callback);
+            });
         }
         Ok(())
     }
 
-    /// The outcome, once the task is finished.
-    ///
-    /// Read under the lock, so that a task being marked finished right now (its queue tag
-    /// already pushed and maybe drained) counts as finished.
+    /// The outcome, once the task is finished (as [`is_finished_now`](Self::is_finished_now)
+    /// tells it: a task being marked finished right now, its queue tag already pushed and
+    /// maybe drained, counts as finished).
     pub(crate) fn outcome(&self) -> Option<tb_outcome> {
-        let _settled = lock!(self.inner);
-        self.is_finished().then(|| self.finished_outcome())
+        self.is_finished_now().then(|| self.finished_outcome())
     }
 
     /// Blocks until the task is finished or `deadline` passes (None: no limit). True if finished.
@@ -383,7 +459,10 @@ impl<W> State<W> {
     /// It first spins for a few microseconds: a quick job often finishes meanwhile, and then
     /// the waiter needs no futex wake-up from another CPU (about 20 us). The spin adapts per
     /// thread (see [`Spin`]): on a busy machine, or for long tasks, it shrinks to a few
-    /// microseconds and leaves the CPU to the threads doing the work.
+    /// microseconds and leaves the CPU to the threads doing the work. Then it sleeps on the
+    /// task's stripe, having set the WAITING bit under the stripe lock, so that the task
+    /// finishes under that lock and wakes the stripe's sleepers (those of other tasks of the
+    /// stripe wake too, and sleep again).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_finished() {
             return true;
@@ -392,12 +471,11 @@ impl<W> State<W> {
         if caught {
             return true;
         }
-        let mut inner = lock!(self.inner);
-        while !self.is_finished() {
-            inner.waiters += 1;
-            let (guard, expired) = wait_until!(self.finished, inner, deadline);
-            inner = guard;
-            inner.waiters -= 1;
+        let stripe = self.stripe();
+        let mut held = lock!(stripe.lock);
+        while self.mark(WAITING) & PHASE_MASK != FINISHED {
+            let (guard, expired) = wait_until!(stripe.cv, held, deadline);
+            held = guard;
             if expired {
                 return false;
             }
@@ -407,22 +485,25 @@ impl<W> State<W> {
 
     /// Adds `watcher` to be fired when the task finishes. False if it already has.
     pub(crate) fn watch(&self, watcher: &Arc<Watcher>) -> bool {
-        let mut inner = lock!(self.inner);
-        if self.is_finished() {
+        let held = lock!(self.stripe().lock);
+        if self.mark(WATCHED) & PHASE_MASK == FINISHED {
             return false;
         }
-        inner
-            .rare
-            .get_or_insert_with(Box::default)
-            .watchers
-            .push(Arc::clone(watcher));
+        self.rare(&held, |rare| {
+            rare.get_or_insert_with(Box::default)
+                .watchers
+                .push(Arc::clone(watcher));
+        });
         true
     }
 
     pub(crate) fn unwatch(&self, watcher: &Arc<Watcher>) {
-        if let Some(rare) = &mut lock!(self.inner).rare {
-            rare.watchers.retain(|w| !Arc::ptr_eq(w, watcher));
-        }
+        let held = lock!(self.stripe().lock);
+        self.rare(&held, |rare| {
+            if let Some(rare) = rare {
+                rare.watchers.retain(|w| !Arc::ptr_eq(w, watcher));
+            }
+        });
     }
 }
 
@@ -568,6 +649,21 @@ mod loom_tests {
             });
             assert!(complete(&state));
             assert_eq!(waiter.join().unwrap(), TB_OK);
+        });
+    }
+
+    #[test]
+    fn loom_a_watcher_added_racing_settle_fires_or_is_refused() {
+        model("watch vs settle", || {
+            let state = Arc::new(State::new(1, RUNNING, ()));
+            let other = Arc::clone(&state);
+            let watcher = Watcher::new();
+            let added = Arc::clone(&watcher);
+            let watching = thread::spawn(move || other.watch(&added));
+            assert!(complete(&state));
+            if watching.join().unwrap() {
+                assert!(watcher.sleep(None), "a watcher added in time is fired");
+            }
         });
     }
 

@@ -2,7 +2,8 @@
 //! runtime's workers (see [`crate::timer_queue`]).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::{micros_between, now_ns};
@@ -35,10 +36,9 @@ pub(crate) struct Async {
     /// queue's driver at the runtime's shutdown, which may be after `tb_runtime_shutdown`
     /// returned, if it timed out).
     queue: Arc<TimerQueue>,
-    /// When the task is due next ([`now_ns`]), and its index in the queue's bucket of that
-    /// millisecond. Written under the queue's lock.
+    /// When the task is due next ([`now_ns`]). Written under the queue's lock, as is its index
+    /// in the queue's bucket of that millisecond (the task's `place`).
     pub(crate) due: AtomicU64,
-    pub(crate) index: AtomicUsize,
 }
 
 /// The sleep or timer parts of `task`.
@@ -70,11 +70,11 @@ pub(crate) struct Ticks {
 }
 
 /// The [`Ticks`] of a sleep or timer's work.
-fn ticks(work: &mut Option<Callbacks>) -> &mut Ticks {
-    match work {
-        Some(Callbacks::Timer(ticks)) => ticks,
-        _ => unreachable!("an armed sleep or timer has its ticks"),
-    }
+///
+/// # Safety
+/// `work` is a sleep's or timer's, and its ticks were not taken out.
+unsafe fn ticks(work: &mut Callbacks) -> &mut Ticks {
+    &mut work.timer
 }
 
 /// A sleep or timer that has not ended. Whoever holds it (the timer queue, or the worker task
@@ -96,10 +96,9 @@ impl Armed {
         let Some(task) = self.task.take() else {
             return;
         };
-        // SAFETY: the holder of the Armed owns the task's work.
-        let Some(Callbacks::Timer(ticks)) = (unsafe { task.with_work(Option::take) }) else {
-            unreachable!("an armed sleep or timer has its ticks");
-        };
+        // SAFETY: the holder of the Armed owns the task's work, and ends it only once (its
+        // `task` is None from here on).
+        let ticks = unsafe { task.with_work(|work| ManuallyDrop::take(&mut work.timer)) };
         drop(ticks.arg);
         if let Some(cancelled) = task.begin_completion() {
             let (status, code) = match (cancelled, result) {
@@ -191,13 +190,14 @@ fn spawn(
             Work::Async(Async {
                 queue: Arc::clone(&runtime.timers),
                 due: AtomicU64::new(0),
-                index: AtomicUsize::new(0),
             }),
-            Callbacks::Timer(Ticks {
-                tick,
-                arg: UserArg::new(arg, free_arg),
-                count: 0,
-            }),
+            Callbacks {
+                timer: ManuallyDrop::new(Ticks {
+                    tick,
+                    arg: UserArg::new(arg, free_arg),
+                    count: 0,
+                }),
+            },
             RUNNING,
             now_ns(),
         ));

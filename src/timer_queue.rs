@@ -49,6 +49,13 @@ fn bucket(due: u64) -> u64 {
     due.div_ceil(MS)
 }
 
+/// Records `index`, `task`'s index in its bucket, in the task. A bucket never holds 2^32
+/// tasks (their records alone would take 448 GiB).
+fn set_place(task: &Task, index: usize) {
+    let index = u32::try_from(index).expect("a bucket holds fewer than 2^32 tasks");
+    task.place.store(index, Ordering::Relaxed);
+}
+
 /// Lets an emptied bucket of the ring give its memory back if it held more than [`KEEP`].
 fn shrink<T>(bucket: &mut Vec<T>) {
     if bucket.is_empty() && bucket.capacity() > KEEP {
@@ -273,9 +280,8 @@ impl TimerQueue {
             return self.fire_soon(armed);
         }
         let key = state.due.push(key, armed, |armed, index| {
-            let parts = timer::parts(armed.task());
-            parts.due.store(due, Ordering::Relaxed);
-            parts.index.store(index, Ordering::Relaxed);
+            timer::parts(armed.task()).due.store(due, Ordering::Relaxed);
+            set_place(armed.task(), index);
         });
         if key * MS < state.armed {
             state.armed = key * MS;
@@ -347,16 +353,11 @@ impl TimerQueue {
 impl State {
     /// Takes `task` out of its bucket, if it is armed.
     fn remove(&mut self, task: &Task) -> Option<Armed> {
-        let parts = timer::parts(task);
         self.due.remove(
-            bucket(parts.due.load(Ordering::Relaxed)),
-            parts.index.load(Ordering::Relaxed),
+            bucket(timer::parts(task).due.load(Ordering::Relaxed)),
+            task.place.load(Ordering::Relaxed) as usize,
             |armed| armed.task().id == task.id,
-            |moved, index| {
-                timer::parts(moved.task())
-                    .index
-                    .store(index, Ordering::Relaxed)
-            },
+            |moved, index| set_place(moved.task(), index),
         )
     }
 }
