@@ -111,8 +111,8 @@ fn an_impossible_stack_size_is_refused_without_a_panic_or_a_leaked_thread() {
 /// Found by the model test. `tb_task_notify` promises that `tb_task_outcome` already has the
 /// outcome when the tag is drained, but `Task::settle` pushes the tag (raising the eventfd and
 /// waking `tb_queue_wait`) before it marks the task finished, and `tb_task_outcome` reads the
-/// phase without taking the task's lock (unlike `tb_task_poll`, which waits for that critical
-/// section): a thread woken by the push that drains the tag and asks for the outcome at once
+/// phase without taking the lock that section holds (the task's own lock then, its stripe's
+/// now; unlike `tb_task_poll`, which waited for that critical section): a thread woken by the push that drains the tag and asks for the outcome at once
 /// gets `TB_PENDING`. Usually fails within a few hundred rounds.
 #[test]
 fn the_outcome_is_ready_when_the_tag_is_drained() {
@@ -126,8 +126,8 @@ fn the_outcome_is_ready_when_the_tag_is_drained() {
     });
 }
 
-/// The same promise for `tb_task_poll`, which answers without the task's lock unless a queue
-/// notification is registered: dropping that condition makes this fail within ten rounds.
+/// The same promise for `tb_task_poll`, which answers without the task's stripe lock unless a
+/// queue notification is registered: dropping that condition makes this fail within ten rounds.
 #[test]
 fn a_task_polls_finished_when_its_tag_is_drained() {
     drain_tags_then(|t, round| {
