@@ -251,6 +251,46 @@ mod tests {
     use super::*;
     use crate::error::TB_ERR_NULL;
 
+    /// Only a panic in the middle of a job's end could leave it queued when its last reference
+    /// goes; its `arg` is freed then, once.
+    #[test]
+    fn a_job_dropped_while_queued_still_frees_its_arg() {
+        use std::sync::atomic::AtomicUsize;
+        static FREES: AtomicUsize = AtomicUsize::new(0);
+        unsafe extern "C" fn count(_: *mut c_void) {
+            FREES.fetch_add(1, Ordering::SeqCst);
+        }
+        unsafe extern "C" fn never(_: *mut c_void, _: *mut tb_job) -> i32 {
+            unreachable!("a queued job dropped never runs")
+        }
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let pool = Arc::new(Pool::new(
+            1,
+            tokio.handle().clone(),
+            1,
+            0,
+            std::time::Duration::from_secs(1),
+            Arc::default(),
+        ));
+        let payload = Payload {
+            func: never,
+            arg: UserArg::new(std::ptr::null_mut(), Some(count)),
+        };
+        let task = Task::new(
+            1,
+            Work::Blocking(Blocking { pool }),
+            Callbacks {
+                job: ManuallyDrop::new(payload),
+            },
+            QUEUED,
+            clock::stamp(),
+        );
+        drop(task);
+        assert_eq!(FREES.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn a_foreign_job_pointer_is_refused() {
         let fake = tb_job {

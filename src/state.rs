@@ -306,6 +306,11 @@ impl<W> State<W> {
         self.state.load(Ordering::Acquire) & PHASE_MASK == FINISHED
     }
 
+    /// True while the task is QUEUED: nobody started or claimed it.
+    pub(crate) fn is_queued(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PHASE_MASK == QUEUED
+    }
+
     /// Like [`is_finished`](Self::is_finished), but a task being marked finished right now
     /// (its queue tag already pushed) counts as finished: the answer waits for that critical
     /// section. Without a queue notification there is no tag to see early, and no lock taken:
@@ -366,6 +371,11 @@ impl<W> State<W> {
     /// the swap fails (the task then finishes under the lock, as below), or the swap comes
     /// first and the registration finds the task FINISHED.
     pub(crate) fn settle(&self, outcome: tb_outcome) {
+        debug_assert_eq!(
+            self.state.load(Ordering::Relaxed) & PHASE_MASK,
+            COMPLETING,
+            "only the owner of a completing task settles it"
+        );
         // SAFETY: the caller owns the phase (COMPLETING), and nobody reads the body before the
         // task is FINISHED, below.
         self.body
@@ -466,6 +476,11 @@ impl<W> State<W> {
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_finished() {
             return true;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            // A poll: no spin (whose length would adapt to it), and no WAITING bit, which
+            // would make the task finish under its stripe lock for nothing.
+            return self.is_finished();
         }
         let caught = WAIT_SPIN.with(|spin| spin.spin(deadline, || self.is_finished()));
         if caught {

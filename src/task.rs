@@ -57,6 +57,21 @@ impl Task {
     }
 }
 
+impl Drop for Task {
+    /// A job dropped while still queued (possible only if a panic cut its end short) still
+    /// frees its `arg`: its payload was never taken. Every other task's work was taken, or is a
+    /// timer's, which its `Armed` always ends.
+    fn drop(&mut self) {
+        if matches!(self.work, Work::Blocking(_)) && self.state.is_queued() {
+            // SAFETY: nobody else holds the task, and a queued job's payload is still there.
+            drop(unsafe {
+                self.state
+                    .with_work(|work| ManuallyDrop::take(&mut work.job))
+            });
+        }
+    }
+}
+
 impl Deref for Task {
     type Target = State<Callbacks>;
 
