@@ -682,6 +682,27 @@ mod loom_tests {
         });
     }
 
+    /// Two tasks share the model's one stripe, each with a waiter that may sleep on it while
+    /// the other task completes: a wake-up meant for one task reaches the other's waiter too,
+    /// and neither waiter misses its own (notifying one sleeper instead of all would).
+    #[test]
+    fn loom_waiters_of_two_tasks_sharing_a_stripe_both_wake() {
+        model("two tasks on one stripe", || {
+            let first = Arc::new(State::new(1, RUNNING, ()));
+            let second = Arc::new(State::new(2, RUNNING, ()));
+            let (a, b) = (Arc::clone(&first), Arc::clone(&second));
+            let waiters = [
+                thread::spawn(move || a.wait(None)),
+                thread::spawn(move || b.wait(None)),
+            ];
+            assert!(complete(&second));
+            assert!(complete(&first));
+            for waiter in waiters {
+                assert!(waiter.join().unwrap());
+            }
+        });
+    }
+
     #[test]
     fn loom_cancel_on_complete_wait_and_completion_all_at_once() {
         model("cancel + on_complete + wait vs completion", || {
