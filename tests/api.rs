@@ -57,8 +57,7 @@ fn a_non_zero_return_is_a_callback_error_with_its_code() {
 #[test]
 fn the_outcome_measures_queue_and_run_time() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(50, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(50);
     let o = outcome(spawn(rt, Some(job_fn), p));
     assert!(o.run_us >= 45_000, "run_us {}", o.run_us);
     assert!(o.queued_us < o.run_us);
@@ -69,8 +68,7 @@ fn the_outcome_measures_queue_and_run_time() {
 fn a_job_queued_behind_another_reports_how_long_it_waited() {
     let rt = runtime_with(&config(1, 1));
     // The pool's only thread is held by a job that runs until it is cancelled.
-    let holder = probe();
-    holder.sleep_ms.store(60_000, Ordering::SeqCst);
+    let holder = probe_with_sleep_ms(60_000);
     let first = spawn(rt, Some(chunked_fn), holder);
     wait_until("the first job runs", || {
         holder.runs.load(Ordering::SeqCst) == 1
@@ -152,8 +150,7 @@ fn the_queue_bound_returns_busy_and_loses_nothing() {
     let mut cfg = config(1, 1);
     cfg.max_queued_blocking = 2;
     let rt = runtime_with(&cfg);
-    let blocker = probe();
-    blocker.sleep_ms.store(200, Ordering::SeqCst);
+    let blocker = probe_with_sleep_ms(200);
     let running = spawn(rt, Some(job_fn), blocker);
     wait_until("the blocker runs", || {
         blocker.threads.lock().unwrap().len() == 1
@@ -332,8 +329,7 @@ fn a_timer_ticks_on_a_worker_until_its_callback_stops_it() {
         .iter()
         .all(|n| n.starts_with("tb-worker-")));
 
-    let once = probe();
-    once.sleep_ms.store(100, Ordering::SeqCst);
+    let once = probe_with_sleep_ms(100);
     assert_eq!(
         tb_timer_start(rt, 1, 0, Some(tick_fn), arg(once), Some(free_fn), &mut t),
         TB_OK
@@ -388,8 +384,7 @@ fn missed_ticks_are_delayed_not_burst() {
 #[test]
 fn wait_times_out_and_the_job_still_finishes_later() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(300, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(300);
     let t = spawn(rt, Some(job_fn), p);
     assert_eq!(tb_task_wait(t, 0), TB_TIMED_OUT, "0 only checks");
     let started = Instant::now();
@@ -420,8 +415,7 @@ fn thread_cpu_time() -> Duration {
 #[test]
 fn a_waiter_sleeps_instead_of_spinning() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(400, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(400);
     let t = spawn(rt, Some(job_fn), p);
     let before = thread_cpu_time();
     assert_eq!(tb_task_wait(t, TB_FOREVER), TB_OK);
@@ -497,8 +491,7 @@ fn waiting_inside_a_timer_callback_is_refused() {
         1
     }
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(500, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(500);
     let job = Box::leak(Box::new(spawn(rt, Some(job_fn), p)));
     let mut t = tb_task::default();
     assert_eq!(
@@ -534,8 +527,7 @@ fn a_job_waiting_for_itself_is_refused() {
         tb_task_wait(me, 1000)
     }
     let rt = runtime_with(&config(1, 1));
-    let gate = probe();
-    gate.sleep_ms.store(50, Ordering::SeqCst);
+    let gate = probe_with_sleep_ms(50);
     let first = spawn(rt, Some(job_fn), gate); // holds the only thread while the slot is filled
     let slot: &'static Mutex<tb_task> = Box::leak(Box::default());
     let mut t = tb_task::default();
@@ -601,8 +593,7 @@ fn wait_all_and_wait_any_follow_the_slowest_and_the_fastest() {
 #[test]
 fn cancelling_a_queued_job_frees_it_at_once_and_it_never_runs() {
     let rt = runtime_with(&config(1, 1));
-    let blocker = probe();
-    blocker.sleep_ms.store(200, Ordering::SeqCst);
+    let blocker = probe_with_sleep_ms(200);
     let running = spawn(rt, Some(job_fn), blocker);
     let p = probe();
     let queued = spawn(rt, Some(job_fn), p);
@@ -639,8 +630,7 @@ fn cancelling_a_queued_job_frees_it_at_once_and_it_never_runs() {
 #[test]
 fn cancelling_a_running_job_is_busy_and_cooperative() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(10_000, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(10_000);
     let t = spawn(rt, Some(chunked_fn), p);
     wait_until("the job runs", || p.runs.load(Ordering::SeqCst) == 1);
     let started = Instant::now();
@@ -760,8 +750,7 @@ fn timers_due_in_the_same_millisecond_cancel_in_any_order_at_once() {
 #[test]
 fn a_completion_callback_runs_once_on_the_thread_that_finishes_the_task() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(30, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(30);
     let t = spawn(rt, Some(job_fn), p);
     let cb = probe();
     assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
@@ -887,8 +876,7 @@ fn handles_are_checked_by_type_generation_and_liveness() {
 #[test]
 fn a_released_task_runs_to_its_end_and_its_slot_is_reused() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(50, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(50);
     let cb = probe();
     let t = spawn(rt, Some(job_fn), p);
     assert_eq!(tb_task_on_complete(t, Some(complete_fn), arg(cb)), TB_OK);
@@ -914,15 +902,13 @@ fn a_released_task_runs_to_its_end_and_its_slot_is_reused() {
 #[test]
 fn shutdown_ends_queued_jobs_and_timers_and_waits_for_running_ones() {
     let rt = runtime_with(&config(1, 2));
-    let running = probe();
-    running.sleep_ms.store(150, Ordering::SeqCst);
+    let running = probe_with_sleep_ms(150);
     let cb = probe();
     let r: Vec<tb_task> = (0..2).map(|_| spawn(rt, Some(job_fn), running)).collect();
     wait_until("both run", || running.threads.lock().unwrap().len() == 2);
     let queued = probe();
     let q: Vec<tb_task> = (0..100).map(|_| spawn(rt, Some(job_fn), queued)).collect();
-    let ticking = probe();
-    ticking.sleep_ms.store(u64::MAX, Ordering::SeqCst);
+    let ticking = probe_with_sleep_ms(u64::MAX);
     let mut timer = tb_task::default();
     assert_eq!(
         tb_timer_start(
@@ -972,11 +958,9 @@ fn shutdown_ends_queued_jobs_and_timers_and_waits_for_running_ones() {
 #[test]
 fn shutdown_times_out_and_the_running_job_is_recorded_later() {
     let rt = runtime();
-    let p = probe();
-    p.sleep_ms.store(400, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(400);
     let t = spawn(rt, Some(chunked_fn), p);
-    let slow = probe();
-    slow.sleep_ms.store(400, Ordering::SeqCst);
+    let slow = probe_with_sleep_ms(400);
     let plain = spawn(rt, Some(job_fn), slow);
     wait_until("both run", || {
         p.runs.load(Ordering::SeqCst) == 1 && slow.threads.lock().unwrap().len() == 1
@@ -1048,8 +1032,7 @@ fn a_current_thread_runtime_runs_timers_on_its_own_thread() {
     let name = c"ct";
     cfg.thread_name = name.as_ptr();
     let rt = runtime_with(&cfg);
-    let p = probe();
-    p.sleep_ms.store(2, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(2);
     let mut t = tb_task::default();
     assert_eq!(
         tb_timer_start(rt, 1, 1, Some(tick_fn), arg(p), None, &mut t),
@@ -1196,8 +1179,7 @@ fn a_backlog_of_blocking_jobs_gets_threads_while_jobs_keep_ending() {
     // 2000 jobs of 1 ms at once, up to 64 threads: jobs end every few microseconds long before
     // 64 threads could have started, and the pool must still grow, to about 64.
     let rt = runtime_with(&config(1, 64));
-    let p = probe();
-    p.sleep_ms.store(1, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(1);
     let started = Instant::now();
     let tasks: Vec<tb_task> = (0..2000).map(|_| spawn(rt, Some(job_fn), p)).collect();
     for t in tasks {

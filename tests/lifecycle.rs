@@ -27,8 +27,7 @@ fn threads_and_rss() -> (usize, u64) {
 #[test]
 fn shutdown_with_ten_thousand_queued_and_four_running_jobs() {
     let rt = runtime_with(&config(1, 4));
-    let running = probe();
-    running.sleep_ms.store(400, Ordering::SeqCst);
+    let running = probe_with_sleep_ms(400);
     let cb = probe();
     let r: Vec<tb_task> = (0..4).map(|_| spawn(rt, Some(job_fn), running)).collect();
     wait_until("four run", || metrics(rt).blocking_running == 4);

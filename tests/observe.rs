@@ -214,8 +214,7 @@ fn completion_callbacks_and_free_arg_on_workers_are_watched_too() {
 #[test]
 fn a_correct_program_reports_no_stall() {
     let (rt, list) = watched(&config(2, 8));
-    let p = probe();
-    p.sleep_ms.store(100, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(100);
     let jobs: Vec<tb_task> = (0..8).map(|_| spawn(rt, Some(job_fn), p)).collect();
     let timers: Vec<tb_task> = (0..50)
         .map(|_| {
@@ -275,8 +274,7 @@ fn stall_detection_can_be_turned_off() {
 #[test]
 fn metrics_match_the_work_done_exactly() {
     let rt = runtime_with(&config(1, 1));
-    let blocker = probe();
-    blocker.sleep_ms.store(150, Ordering::SeqCst);
+    let blocker = probe_with_sleep_ms(150);
     let running = spawn(rt, Some(job_fn), blocker);
     wait_until("the blocker runs", || metrics(rt).blocking_running == 1);
     let failing = probe();
@@ -371,8 +369,7 @@ fn the_probe_sees_starvation_only_when_a_worker_blocks() {
     assert!(rest.ticks >= 20, "{rest:?}");
 
     assert_eq!(tb_runtime_probe_start(rt, 5), TB_OK);
-    let p = probe();
-    p.sleep_ms.store(300, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(300);
     let jobs: Vec<tb_task> = (0..8).map(|_| spawn(rt, Some(job_fn), p)).collect();
     for t in jobs {
         outcome(t);

@@ -187,8 +187,7 @@ fn another_thread_can_drain_while_tasks_complete() {
 fn freeing_a_queue_with_pending_notifications_drops_them_safely() {
     let rt = runtime();
     let q = queue();
-    let p = probe();
-    p.sleep_ms.store(100, Ordering::SeqCst);
+    let p = probe_with_sleep_ms(100);
     let running = spawn(rt, Some(job_fn), p);
     assert_eq!(tb_task_notify(running, q, 1), TB_OK);
     let done = spawn(rt, Some(result_fn), probe());

@@ -35,6 +35,14 @@ pub fn probe() -> &'static Probe {
     Box::leak(Box::default())
 }
 
+/// A probe whose `sleep_ms` is set: how long `job_fn` and `chunked_fn` run, how many ticks
+/// `tick_fn` lasts.
+pub fn probe_with_sleep_ms(sleep_ms: u64) -> &'static Probe {
+    let p = probe();
+    p.sleep_ms.store(sleep_ms, Ordering::SeqCst);
+    p
+}
+
 pub fn arg(p: &'static Probe) -> *mut c_void {
     std::ptr::from_ref(p).cast_mut().cast()
 }
