@@ -417,44 +417,42 @@ impl<W> State<W> {
 
     /// Registers a queue to receive `tag` when the task finishes, or pushes it now if it has.
     pub(crate) fn notify(&self, queue: Arc<Queue>, tag: u64) -> Result<(), Error> {
-        let held = lock!(self.stripe().lock);
-        let before = self.mark(NOTIFY);
-        if before & NOTIFY != 0 {
-            return Err(Error::new(
-                TB_ERR_ALREADY,
-                "a queue notification is already registered for this task",
-            ));
-        }
-        if before & PHASE_MASK == FINISHED {
-            drop(held);
-            queue.push(tag);
-        } else {
-            self.rare(&held, |rare| {
-                rare.get_or_insert_with(Box::default).notify = Some((queue, tag));
-            });
+        match self.register_once(NOTIFY, "a queue notification")? {
+            Some(held) => self.keep(&held, |rare| rare.notify = Some((queue, tag))),
+            None => queue.push(tag),
         }
         Ok(())
     }
 
     /// Registers the completion callback, or runs it now (on this thread) if the task finished.
     pub(crate) fn on_complete(&self, callback: Callback) -> Result<(), Error> {
-        let held = lock!(self.stripe().lock);
-        let before = self.mark(CALLBACK);
-        if before & CALLBACK != 0 {
-            return Err(Error::new(
-                TB_ERR_ALREADY,
-                "a completion callback is already registered for this task",
-            ));
-        }
-        if before & PHASE_MASK == FINISHED {
-            drop(held);
-            callback.call(self.id, &self.finished_outcome());
-        } else {
-            self.rare(&held, |rare| {
-                rare.get_or_insert_with(Box::default).callback = Some(callback);
-            });
+        match self.register_once(CALLBACK, "a completion callback")? {
+            Some(held) => self.keep(&held, |rare| rare.callback = Some(callback)),
+            None => callback.call(self.id, &self.finished_outcome()),
         }
         Ok(())
+    }
+
+    /// Sets the `bit` of a registration that a task takes once (`what` names it), under the
+    /// stripe lock. Returns the lock held if the task has not finished (the caller keeps the
+    /// registration for [`settle`](Self::settle)), or None if it has (the caller acts now,
+    /// unlocked); `TB_ERR_ALREADY` if the bit was set.
+    fn register_once(&self, bit: u8, what: &str) -> Result<Option<MutexGuard<'static, ()>>, Error> {
+        let held = lock!(self.stripe().lock);
+        let before = self.mark(bit);
+        if before & bit != 0 {
+            return Err(Error::text(
+                TB_ERR_ALREADY,
+                format!("{what} is already registered for this task"),
+            ));
+        }
+        Ok((before & PHASE_MASK != FINISHED).then_some(held))
+    }
+
+    /// Keeps a registration in the task's `Rare` part, allocated on the first one. The caller
+    /// holds the task's stripe lock (`held`).
+    fn keep(&self, held: &MutexGuard<'_, ()>, f: impl FnOnce(&mut Rare)) {
+        self.rare(held, |rare| f(rare.get_or_insert_with(Box::default)));
     }
 
     /// The outcome, once the task is finished (as [`is_finished_now`](Self::is_finished_now)
@@ -504,11 +502,7 @@ impl<W> State<W> {
         if self.mark(WATCHED) & PHASE_MASK == FINISHED {
             return false;
         }
-        self.rare(&held, |rare| {
-            rare.get_or_insert_with(Box::default)
-                .watchers
-                .push(Arc::clone(watcher));
-        });
+        self.keep(&held, |rare| rare.watchers.push(Arc::clone(watcher)));
         true
     }
 
