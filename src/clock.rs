@@ -82,6 +82,18 @@ pub(crate) fn nanos_between(from: u64, to: u64) -> u64 {
     }
 }
 
+/// The stamp `ns` nanoseconds after stamp `from`, at the counter's rate as known now: a
+/// deadline that later stamps compare with directly, without [`nanos_between`]'s conversion.
+pub(crate) fn stamp_after(from: u64, ns: u64) -> u64 {
+    match *source() {
+        Source::Counter { ticks0, ns0 } => {
+            let ticks = (u128::from(ns) << 32) / u128::from(rate(ticks0, ns0));
+            from.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
+        }
+        Source::Monotonic => from.saturating_add(ns),
+    }
+}
+
 /// The counter's rate: fixed, or measured now from the first reading.
 fn rate(ticks0: u64, ns0: u64) -> u64 {
     let fixed = RATE.load(Ordering::Relaxed);
@@ -169,5 +181,11 @@ mod tests {
             source()
         );
         assert_eq!(nanos_between(end_stamp, start_stamp), 0, "never negative");
+        let later = stamp_after(end_stamp, 5_000_000);
+        let back = nanos_between(end_stamp, later) as f64;
+        assert!(
+            (4_990_000.0..5_010_000.0).contains(&back),
+            "5 ms on, {back} ns back"
+        );
     }
 }

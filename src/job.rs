@@ -140,6 +140,26 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
     });
 }
 
+/// A job of `pool` calling `func(arg, job)`, not queued yet: what a submission queues.
+pub(crate) fn queued(
+    id: u64,
+    pool: &Arc<Pool>,
+    func: unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32,
+    arg: UserArg,
+) -> Task {
+    Task::new(
+        id,
+        Work::Blocking(Blocking {
+            pool: Arc::clone(pool),
+        }),
+        Callbacks {
+            job: ManuallyDrop::new(Payload { func, arg }),
+        },
+        QUEUED,
+        clock::stamp(),
+    )
+}
+
 /// Cancels a job: a queued one never runs and ends now, on this thread; a running one is only
 /// flagged. See `tb_task_cancel`.
 pub(crate) fn cancel(task: &Task) -> Cancelled {
@@ -173,20 +193,7 @@ pub extern "C" fn tb_spawn_blocking(
         let func = func.ok_or_else(|| Error::null("func"))?;
         task::submit(rt, out, |id, runtime| {
             let pool = &runtime.pool;
-            let task = Arc::new(Task::new(
-                id,
-                Work::Blocking(Blocking {
-                    pool: Arc::clone(pool),
-                }),
-                Callbacks {
-                    job: ManuallyDrop::new(Payload {
-                        func,
-                        arg: UserArg::new(arg, free_arg),
-                    }),
-                },
-                QUEUED,
-                clock::stamp(),
-            ));
+            let task = Arc::new(queued(id, pool, func, UserArg::new(arg, free_arg)));
             if let Err(error) = pool.submit(&task) {
                 assert!(task.claim(), "an unqueued job is owned by its submitter");
                 // SAFETY: just claimed; the job was never visible to anyone else.
@@ -274,18 +281,11 @@ mod tests {
             std::time::Duration::from_secs(1),
             Arc::default(),
         ));
-        let payload = Payload {
-            func: never,
-            arg: UserArg::new(std::ptr::null_mut(), Some(count)),
-        };
-        let task = Task::new(
+        let task = queued(
             1,
-            Work::Blocking(Blocking { pool }),
-            Callbacks {
-                job: ManuallyDrop::new(payload),
-            },
-            QUEUED,
-            clock::stamp(),
+            &pool,
+            never,
+            UserArg::new(std::ptr::null_mut(), Some(count)),
         );
         drop(task);
         assert_eq!(FREES.load(Ordering::SeqCst), 1);

@@ -25,6 +25,11 @@
 //!   0.5 ms while no job ended for as long, in case a busy drainer's job was a long one after
 //!   all. The check runs as a task on an async worker: a worker blocked by a C
 //!   callback (which the stall detector reports) delays it too.
+//! - let a submission that would only leave its job to drainers busy with quick jobs skip the
+//!   pool's lock: it puts the job into an *inbox* with a lock of its own, which the drainers
+//!   empty into the queue when it runs dry (see [`Pool::submit`]). The drainers take the
+//!   pool's lock for every job, and taking it back from them was what a submitting thread
+//!   spent most of its time on.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,8 +68,38 @@ struct State {
     spin_claims: usize,
     /// A [`recheck`](Pool::recheck) is due: a job was left to the busy drainers.
     recheck_armed: bool,
+    /// Whether the [`Inbox`] takes jobs (its own flag, kept here too so that deciding whether
+    /// to open it does not take its lock).
+    inbox_open: bool,
+    /// The inbox's jobs on their way into the queue: swapped with the inbox's vector, so that
+    /// the inbox's lock is held only for that, and kept for its allocation.
+    moving: Vec<Arc<Task>>,
     closed: bool,
 }
+
+/// Jobs submitted while every drainer is busy, queued behind the pool's queue under a lock of
+/// their own (see [`Pool::submit`]).
+#[derive(Default)]
+struct Inbox {
+    /// Set and cleared under the pool's lock too; jobs go in only while it is set, and closing
+    /// it moves them into the pool's queue, so that a closed inbox is empty.
+    open: bool,
+    /// Until when it takes jobs (a [`clock::stamp`]).
+    until: u64,
+    /// Oldest first; all of them newer than the pool's queued jobs.
+    jobs: Vec<Arc<Task>>,
+}
+
+/// The [`Inbox`] and its lock, alone on their cache lines: the submitting thread takes the
+/// lock for every job, and a line shared with what the drainers write would be taken from it
+/// each time.
+#[repr(align(128))]
+#[derive(Default)]
+struct InboxLock(Mutex<Inbox>);
+
+/// How long the inbox takes jobs before a submission takes the pool's lock again, to decide
+/// afresh with what the drainers did meanwhile (see [`Pool::submit`]).
+const INBOX_NS: u64 = 500_000;
 
 /// How long a drainer without work spins before it sleeps: 2 to 50 us, adapting (see [`Spin`]).
 const SPIN_MIN_NS: u64 = 2_000;
@@ -139,6 +174,9 @@ pub(crate) struct Pool {
     keep_alive: Duration,
     closed: AtomicBool,
     state: Mutex<State>,
+    inbox: InboxLock,
+    /// How long the inbox stays open: [`INBOX_NS`] (tests change it).
+    inbox_ns: u64,
     work: Condvar,
     idle: Condvar,
 }
@@ -166,6 +204,8 @@ impl Pool {
             keep_alive,
             closed: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+            inbox: InboxLock::default(),
+            inbox_ns: INBOX_NS,
             work: Condvar::new(),
             idle: Condvar::new(),
         }
@@ -181,8 +221,28 @@ impl Pool {
     }
 
     /// Queues a job. On error the job was not queued and will never run.
+    ///
+    /// When the job would only be left to drainers busy with quick jobs, it goes into the
+    /// [`Inbox`] under the inbox's own lock, not the pool's: the drainers take the pool's lock
+    /// for every job, and taking it back from them cost the submitting thread more than
+    /// anything else it did for a job (a third of its time, spent waiting for the lock's cache
+    /// line). The inbox is open only while that holds (see [`Self::open_inbox`]); a drainer
+    /// whose queue ran dry moves the inbox's jobs into the queue, and whatever ends that state
+    /// (a drainer about to spin or sleep, the recheck, a cancel, the pool's close) closes it
+    /// or empties it first, under the pool's lock, so that every decision made there sees
+    /// every job. An inbox open for [`INBOX_NS`] sends the next submission through the lock
+    /// too, which closes it and decides as without it (waking a drainer, growing the pool if
+    /// the drainers' jobs turned out long), then opens it again if it may.
     pub(crate) fn submit(self: &Arc<Self>, task: &Arc<Task>) -> Result<(), Error> {
+        {
+            let mut inbox = lock!(self.inbox.0);
+            if inbox.open && task.submitted < inbox.until {
+                inbox.jobs.push(Arc::clone(task));
+                return Ok(());
+            }
+        }
         let mut state = self.lock();
+        self.take_inbox(&mut state, true);
         if state.closed {
             return Err(Error::new(TB_ERR_SHUTDOWN, "the runtime is shutting down"));
         }
@@ -212,6 +272,7 @@ impl Pool {
         } else {
             self.grow_or_recheck(&mut state)
         };
+        let next = self.open_inbox(&mut state, next);
         drop(state);
         if self.act(next) {
             Ok(())
@@ -237,6 +298,66 @@ impl Pool {
             }
             Next::Grow => self.spawn_drainer(),
         }
+    }
+
+    /// After a submission decided `next` for its job: opens the inbox if that was to leave it
+    /// to the drainers inside jobs, and the next jobs would be left to them too whatever the
+    /// backlog. That is when the pool is open and unbounded (its exact count of queued jobs is
+    /// not needed), the jobs are quick, no drainer spins (a spinner watches `pending`, which
+    /// only submissions under the lock count), one drainer at least is inside a job (it will
+    /// look into the inbox when its queue runs dry), and none sleeps unless those inside jobs
+    /// keep every CPU but one busy (see [`Self::busy_drainers_suffice`]). A recheck must be due
+    /// (it is armed now if need be): it closes the inbox and looks again, so that jobs that
+    /// turn out long still get sleeping drainers woken and the pool grown. Returns what the
+    /// submission does next.
+    fn open_inbox(&self, state: &mut State, next: Next) -> Next {
+        let left = matches!(next, Next::Nothing | Next::Recheck);
+        if !left
+            || state.inbox_open
+            || state.closed
+            || self.max_queued > 0
+            || state.spinning > 0
+            || state.running == 0
+            || (state.idle > 0 && state.running + 1 < self.cpus)
+            || !self.jobs_are_quick()
+        {
+            return next;
+        }
+        let next = match next {
+            Next::Recheck => Next::Recheck,
+            _ => Self::recheck_later(state),
+        };
+        state.inbox_open = true;
+        let mut inbox = lock!(self.inbox.0);
+        inbox.open = true;
+        inbox.until = clock::stamp_after(clock::stamp(), self.inbox_ns);
+        next
+    }
+
+    /// Moves the inbox's jobs to the end of the queue (after every job there: they are newer),
+    /// and closes the inbox if `close`. True if it moved any.
+    fn take_inbox(&self, state: &mut State, close: bool) -> bool {
+        if !state.inbox_open {
+            return false; // a closed inbox is empty
+        }
+        // An open inbox means no drainer spins: the moved jobs need no `pending` count.
+        debug_assert_eq!(
+            state.spinning, 0,
+            "the inbox is closed while a drainer spins"
+        );
+        {
+            let mut inbox = lock!(self.inbox.0);
+            std::mem::swap(&mut inbox.jobs, &mut state.moving);
+            if close {
+                inbox.open = false;
+                state.inbox_open = false;
+            }
+        }
+        let moved = state.moving.len();
+        state.queued += moved;
+        state.submitted += moved as u64;
+        state.queue.extend(state.moving.drain(..));
+        moved > 0
     }
 
     /// Has a [`recheck`](Self::recheck) run soon, unless one is due already.
@@ -320,6 +441,8 @@ impl Pool {
             }
         }
         let mut state = self.lock();
+        // A job in the inbox is counted queued first, like the others.
+        self.take_inbox(&mut state, false);
         let cancelled = task.cancel();
         if !matches!(cancelled, Cancelled::Claimed) {
             return cancelled;
@@ -377,6 +500,8 @@ impl Pool {
     fn recheck(self: &Arc<Self>) {
         let mut state = self.lock();
         state.recheck_armed = false;
+        // The inbox was open only while a recheck was due: it closes, and its jobs count.
+        self.take_inbox(&mut state, true);
         if state.queued == 0 {
             return;
         }
@@ -486,8 +611,17 @@ impl Pool {
                 self.notify_if_idle(&state);
                 continue;
             }
+            // The queue ran dry: on to the jobs submitted into the inbox meanwhile.
+            if self.take_inbox(&mut state, false) {
+                continue;
+            }
             if state.closed {
                 break;
+            }
+            // About to spin or sleep: from now on submissions take the pool's lock, and see
+            // this drainer (any job they put into the inbox until now is moved first).
+            if self.take_inbox(&mut state, true) {
+                continue;
             }
             state = self.spin(state);
             if !state.queue.is_empty() || state.closed {
@@ -541,6 +675,7 @@ impl Pool {
         let mut state = self.lock();
         state.closed = true;
         self.closed.store(true, Ordering::Release);
+        self.take_inbox(&mut state, true);
         state.queued = 0;
         let queued = std::mem::take(&mut state.queue);
         self.pending.store(0, Ordering::Relaxed);
@@ -552,13 +687,17 @@ impl Pool {
     /// The pool's gauges now.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let state = self.lock();
+        let in_inbox = match state.inbox_open {
+            true => lock!(self.inbox.0).jobs.len(),
+            false => 0,
+        };
         Snapshot {
             threads: state.drainers as u32,
             peak_threads: state.peak_drainers as u32,
             idle: state.idle as u32,
-            queued: state.queued as u64,
+            queued: (state.queued + in_inbox) as u64,
             running: state.running as u64,
-            submitted: state.submitted,
+            submitted: state.submitted + in_inbox as u64,
         }
     }
 
@@ -574,5 +713,194 @@ impl Pool {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{TB_ERR_CANCELLED, TB_ERR_SHUTDOWN};
+    use crate::job::{self, tb_job};
+    use crate::userdata::UserArg;
+    use std::ffi::c_void;
+
+    /// What the jobs of one test saw: the order they ran in. Job 0 blocks until `go`.
+    #[derive(Default)]
+    struct Log {
+        go: AtomicBool,
+        ran: Mutex<Vec<usize>>,
+    }
+
+    /// A job's argument: its log and its number.
+    struct Step {
+        log: &'static Log,
+        n: usize,
+    }
+
+    unsafe extern "C" fn record(arg: *mut c_void, _: *mut tb_job) -> i32 {
+        let step = &*arg.cast::<Step>();
+        lock!(step.log.ran).push(step.n);
+        while step.n == 0 && !step.log.go.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
+
+    /// Submits job `n` of `log` to `pool`.
+    fn submit(pool: &Arc<Pool>, log: &'static Log, n: usize) -> Result<Arc<Task>, Error> {
+        let step: &'static Step = Box::leak(Box::new(Step { log, n }));
+        let arg = UserArg::new(std::ptr::from_ref(step).cast_mut().cast(), None);
+        let task = Arc::new(job::queued(n as u64 + 1, pool, record, arg));
+        pool.submit(&task).map(|()| task)
+    }
+
+    /// A pool of one drainer at most, job 0 running in it (blocked until `log.go`), and a way
+    /// to submit job `n`. Its Tokio runtime is never driven, so a recheck never runs: the
+    /// inbox stays as the submissions and the drainer leave it, open for `inbox_ns`.
+    struct Busy {
+        _tokio: tokio::runtime::Runtime,
+        pool: Arc<Pool>,
+        log: &'static Log,
+        first: Arc<Task>,
+    }
+
+    impl Busy {
+        fn new(inbox_ns: u64) -> Self {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut pool = Pool::new(
+                1,
+                tokio.handle().clone(),
+                1,
+                0,
+                Duration::from_secs(10),
+                Arc::default(),
+            );
+            pool.inbox_ns = inbox_ns;
+            let pool = Arc::new(pool);
+            let log: &'static Log = Box::leak(Box::default());
+            let first = submit(&pool, log, 0).expect("an open pool takes a job");
+            while lock!(log.ran).is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Busy {
+                _tokio: tokio,
+                pool,
+                log,
+                first,
+            }
+        }
+
+        fn submit(&self, n: usize) -> Result<Arc<Task>, Error> {
+            submit(&self.pool, self.log, n)
+        }
+
+        fn in_inbox(&self) -> Option<usize> {
+            let inbox = lock!(self.pool.inbox.0);
+            inbox.open.then_some(inbox.jobs.len())
+        }
+    }
+
+    /// Ends what is left as a runtime's shutdown does, so that the idle drainer exits and the
+    /// Tokio runtime's drop does not wait for its keep-alive.
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            self.log.go.store(true, Ordering::Release);
+            for task in self.pool.close() {
+                if task.claim() {
+                    job::abandon(&task, TB_ERR_SHUTDOWN);
+                }
+            }
+            assert!(self.pool.wait_idle(None));
+        }
+    }
+
+    /// Longer than any test: the inbox stays open.
+    const HOUR_NS: u64 = 3_600_000_000_000;
+
+    #[test]
+    fn jobs_left_to_a_busy_drainer_go_through_the_inbox_in_order() {
+        let busy = Busy::new(HOUR_NS);
+        assert_eq!(
+            busy.in_inbox(),
+            None,
+            "closed while no job was left to a drainer"
+        );
+        let _second = busy.submit(1).unwrap();
+        assert_eq!(
+            busy.in_inbox(),
+            Some(0),
+            "job 1 was left to the busy drainer: the inbox opened"
+        );
+        let later: Vec<_> = (2..5).map(|n| busy.submit(n).unwrap()).collect();
+        assert_eq!(busy.in_inbox(), Some(3), "the next jobs went into it");
+        let s = busy.pool.snapshot();
+        assert_eq!((s.queued, s.running, s.submitted), (4, 1, 5), "and count");
+        assert!(matches!(job::cancel(&later[1]), Cancelled::Claimed));
+        assert_eq!(later[1].outcome().unwrap().status, TB_ERR_CANCELLED);
+        assert_eq!(
+            busy.in_inbox(),
+            Some(0),
+            "moved into the queue to be cancelled"
+        );
+        assert_eq!(busy.pool.snapshot().queued, 3);
+        let _last = busy.submit(5).unwrap();
+        assert_eq!(busy.in_inbox(), Some(1), "still open");
+        busy.log.go.store(true, Ordering::Release);
+        while busy.pool.snapshot().idle == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*lock!(busy.log.ran), [0, 1, 2, 4, 5], "in submission order");
+        assert_eq!(
+            busy.in_inbox(),
+            None,
+            "closed by the drainer before it slept"
+        );
+        let s = busy.pool.snapshot();
+        assert_eq!((s.queued, s.running, s.submitted), (0, 0, 6));
+        assert!(busy.first.is_finished_now());
+    }
+
+    #[test]
+    fn closing_the_pool_takes_the_jobs_in_the_inbox_too() {
+        let busy = Busy::new(HOUR_NS);
+        let queued: Vec<_> = (1..4).map(|n| busy.submit(n).unwrap()).collect();
+        assert_eq!(busy.in_inbox(), Some(2));
+        let taken = busy.pool.close();
+        assert_eq!(busy.in_inbox(), None);
+        let ids = |tasks: &[Arc<Task>]| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(&taken), ids(&queued), "all of them, in order");
+        assert_eq!(busy.pool.snapshot().queued, 0);
+        assert_eq!(
+            busy.submit(4).err().map(|e| e.status),
+            Some(TB_ERR_SHUTDOWN)
+        );
+        busy.log.go.store(true, Ordering::Release);
+        assert!(busy.pool.wait_idle(None));
+        assert_eq!(*lock!(busy.log.ran), [0], "none of them ran");
+        for task in &taken {
+            assert!(task.claim());
+            job::abandon(task, TB_ERR_SHUTDOWN);
+        }
+    }
+
+    #[test]
+    fn an_inbox_open_for_its_time_sends_the_next_job_through_the_lock() {
+        let busy = Busy::new(0);
+        let _opened = busy.submit(1).unwrap();
+        assert_eq!(busy.in_inbox(), Some(0));
+        let _through = busy.submit(2).unwrap();
+        assert_eq!(
+            (busy.in_inbox(), busy.pool.lock().queued),
+            (Some(0), 2),
+            "job 2 was queued under the lock, and the inbox opened again"
+        );
+        busy.log.go.store(true, Ordering::Release);
+        while lock!(busy.log.ran).len() < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*lock!(busy.log.ran), [0, 1, 2]);
     }
 }
