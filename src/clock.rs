@@ -1,6 +1,6 @@
 //! The library's clocks: [`now_ns`], the monotonic clock in nanoseconds, and [`stamp`], a
-//! cheaper time stamp for the one interval measured on the path of every blocking job: how
-//! long it waited in the queue.
+//! cheaper time stamp for the intervals measured on the path of every blocking job: how long
+//! it waited in the queue and how long it ran.
 //!
 //! Reading the monotonic clock costs about 22 ns on the development machine (the vDSO's
 //! `clock_gettime`), which was a sixth of what a submitting thread spends per no-op job.
@@ -8,7 +8,10 @@
 //! counter, clocksource `tsc`: the kernel checked that the CPUs' counters agree), a stamp is
 //! that counter, read in about 10 ns; elsewhere it is [`now_ns`]. Stamps are converted to
 //! nanoseconds only as differences ([`nanos_between`]), at the counter's rate measured against
-//! the monotonic clock since the first stamp; that rate is fixed once a second has passed.
+//! the monotonic clock since the first stamp; that rate is fixed once a second has passed, and
+//! measured again until then each time the time since the first stamp has grown by a
+//! sixteenth (not at every conversion: a pair of readings costs more than the rest of a quick
+//! job's bookkeeping).
 //! Timers never use stamps: they keep [`now_ns`], which Tokio's timer follows too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +79,7 @@ pub(crate) fn nanos_between(from: u64, to: u64) -> u64 {
     let ticks = to.saturating_sub(from);
     match *source() {
         Source::Counter { ticks0, ns0 } => {
-            ((u128::from(ticks) * u128::from(rate(ticks0, ns0))) >> 32) as u64
+            ((u128::from(ticks) * u128::from(rate(ticks0, ns0, to))) >> 32) as u64
         }
         Source::Monotonic => ticks,
     }
@@ -87,18 +90,30 @@ pub(crate) fn nanos_between(from: u64, to: u64) -> u64 {
 pub(crate) fn stamp_after(from: u64, ns: u64) -> u64 {
     match *source() {
         Source::Counter { ticks0, ns0 } => {
-            let ticks = (u128::from(ns) << 32) / u128::from(rate(ticks0, ns0));
+            let ticks = (u128::from(ns) << 32) / u128::from(rate(ticks0, ns0, from));
             from.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
         }
         Source::Monotonic => from.saturating_add(ns),
     }
 }
 
-/// The counter's rate: fixed, or measured now from the first reading.
-fn rate(ticks0: u64, ns0: u64) -> u64 {
+/// Until the rate is fixed: the last one measured (0: none yet), and the counter's reading from
+/// which it is measured again.
+static PROVISIONAL_RATE: AtomicU64 = AtomicU64::new(0);
+static REMEASURE_AT: AtomicU64 = AtomicU64::new(0);
+
+/// The counter's rate: fixed, or the one last measured from the first reading, or measured now
+/// if the time since the first reading had grown by a sixteenth since by `now` (a recent
+/// reading of the counter). Threads racing here may store each other's measurements: any
+/// recent one will do.
+fn rate(ticks0: u64, ns0: u64, now: u64) -> u64 {
     let fixed = RATE.load(Ordering::Relaxed);
     if fixed != 0 {
         return fixed;
+    }
+    let provisional = PROVISIONAL_RATE.load(Ordering::Relaxed);
+    if provisional != 0 && now < REMEASURE_AT.load(Ordering::Relaxed) {
+        return provisional;
     }
     let (ticks, ns) = paired_reading();
     let elapsed_ns = ns.saturating_sub(ns0);
@@ -106,6 +121,9 @@ fn rate(ticks0: u64, ns0: u64) -> u64 {
     let rate = ((u128::from(elapsed_ns) << 32) / u128::from(elapsed_ticks)).max(1) as u64;
     if elapsed_ns >= FIX_RATE_AFTER_NS {
         RATE.store(rate, Ordering::Relaxed);
+    } else {
+        PROVISIONAL_RATE.store(rate, Ordering::Relaxed);
+        REMEASURE_AT.store(ticks + elapsed_ticks / 16, Ordering::Relaxed);
     }
     rate
 }

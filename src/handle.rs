@@ -469,7 +469,12 @@ mod tests {
                 scope.spawn(|| TABLE.remove(id, |_| ()).unwrap());
                 let error = loop {
                     match TABLE.with(id, |value| **value) {
-                        Ok(value) => assert_eq!(value, id),
+                        // Yields, so that the removing thread runs even if every other CPU
+                        // is busy (it took up to 15 s without, on a busy machine).
+                        Ok(value) => {
+                            assert_eq!(value, id);
+                            std::thread::yield_now();
+                        }
                         Err(error) => break error,
                     }
                 };

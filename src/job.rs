@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::clock::{self, micros_between, nanos_between, now_ns};
+use crate::clock::{self, nanos_between};
 use crate::completion::{tb_outcome, tb_task};
 use crate::context;
 use crate::error::{
@@ -74,10 +74,10 @@ fn blocking(task: &Task) -> &Blocking {
 }
 
 /// Runs a started job on this (blocking) thread and completes its task. Returns how long its
-/// callback ran and when it returned ([`now_ns`]), in ns.
+/// callback ran, in ns, and when it returned (a [`clock::stamp`]).
 pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
-    let queued_us = waited_us(task);
-    let started = now_ns();
+    let started = clock::stamp();
+    let queued_us = waited_us(task, started);
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the drainer calling us won QUEUED -> RUNNING.
         let payload = unsafe { take_payload(task) };
@@ -91,15 +91,16 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
             unsafe { (payload.func)(payload.arg.ptr(), std::ptr::from_ref(&job).cast_mut()) }
         });
         CURRENT_JOB.with(|c| c.set(previous));
-        let ended = now_ns();
+        let ended = clock::stamp();
         context::as_task(task.id, || drop(payload));
         (code, job.value.get(), ended)
     }));
     let (status, code, value, ended) = match result {
         Ok((0, value, ended)) => (TB_OK, 0, value, ended),
         Ok((code, value, ended)) => (TB_ERR_CALLBACK, code, value, ended),
-        Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), now_ns()),
+        Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), clock::stamp()),
     };
+    let run_ns = nanos_between(started, ended);
     let counters = &blocking(task).pool.counters;
     counters.job_started(queued_us);
     counters.job_completed(status != TB_OK);
@@ -111,15 +112,15 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
             value,
             ticks: 0,
             queued_us,
-            run_us: micros_between(started, ended),
+            run_us: run_ns / 1000,
         });
     }
-    (ended.saturating_sub(started), ended)
+    (run_ns, ended)
 }
 
-/// Microseconds since `task`, a job, was submitted.
-fn waited_us(task: &Task) -> u64 {
-    nanos_between(task.submitted, clock::stamp()) / 1000
+/// Microseconds from the submission of `task`, a job, to `now` (a [`clock::stamp`]).
+fn waited_us(task: &Task, now: u64) -> u64 {
+    nanos_between(task.submitted, now) / 1000
 }
 
 /// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
@@ -135,7 +136,7 @@ pub(crate) fn abandon(task: &Task, status: tb_status) {
     drop(unsafe { take_payload(task) });
     task.settle(tb_outcome {
         status,
-        queued_us: waited_us(task),
+        queued_us: waited_us(task, clock::stamp()),
         ..tb_outcome::default()
     });
 }

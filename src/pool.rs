@@ -27,7 +27,7 @@
 //!   callback (which the stall detector reports) delays it too.
 //! - let a submission that would only leave its job to drainers busy with quick jobs skip the
 //!   pool's lock: it puts the job into an *inbox* with a lock of its own, which the drainers
-//!   empty into the queue when it runs dry (see [`Pool::submit`]). The drainers take the
+//!   empty into the queue when it runs dry, and spinning drainers watch (see [`Pool::submit`]). The drainers take the
 //!   pool's lock for every job, and taking it back from them was what a submitting thread
 //!   spent most of its time on.
 
@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::clock::{self, now_ns};
+use crate::clock;
 use crate::context;
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
 use crate::metrics::Counters;
@@ -95,7 +95,13 @@ struct Inbox {
 /// each time.
 #[repr(align(128))]
 #[derive(Default)]
-struct InboxLock(Mutex<Inbox>);
+struct InboxLock {
+    inbox: Mutex<Inbox>,
+    /// Whether the inbox holds jobs, for spinning drainers to watch without its lock (on the
+    /// same cache line: the submitting thread writes it with the lock, at no further cost).
+    /// Written under the lock.
+    holds: AtomicBool,
+}
 
 /// How long the inbox takes jobs before a submission takes the pool's lock again, to decide
 /// afresh with what the drainers did meanwhile (see [`Pool::submit`]).
@@ -155,16 +161,16 @@ pub(crate) struct Pool {
     pub(crate) counters: Arc<Counters>,
     cpus: usize,
     /// Jobs queued while a drainer spins, for the spinners to watch without the lock. Changed
-    /// under the lock only: a submission counts its job only while a drainer spins, and a job
-    /// leaving the queue is uncounted while the count is not zero. A drainer begins to spin only
+    /// under the lock only: a submission (or a move from the inbox) counts its jobs only while
+    /// a drainer spins, and a job leaving the queue is uncounted while the count is not zero. A drainer begins to spin only
     /// with the queue empty, and jobs leave it in order, so the counted jobs are the first ones
     /// in the queue and the count is exact. A submission to drainers busy with a backlog (no
     /// spinner, the usual case under load) does not write this cache line, which the drainers
     /// read for every job: writing it took it from them each time.
     pending: AtomicUsize,
-    /// When a job last ended ([`now_ns`]); the pool's creation until one has, so that a burst
-    /// of jobs right after it does not pass for drainers stuck in long jobs.
-    last_end_ns: AtomicU64,
+    /// When a job last ended (a [`clock::stamp`]); the pool's creation until one has, so that
+    /// a burst of jobs right after it does not pass for drainers stuck in long jobs.
+    last_end: AtomicU64,
     /// A moving average of how long jobs run, in ns.
     average_run_ns: AtomicU64,
     /// How long an idle drainer spins before it sleeps.
@@ -196,7 +202,7 @@ impl Pool {
             counters,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pending: AtomicUsize::new(0),
-            last_end_ns: AtomicU64::new(now_ns()),
+            last_end: AtomicU64::new(clock::stamp()),
             average_run_ns: AtomicU64::new(0),
             spin: Spin::new(SPIN_MIN_NS, SPIN_MAX_NS),
             max_threads,
@@ -227,17 +233,18 @@ impl Pool {
     /// for every job, and taking it back from them cost the submitting thread more than
     /// anything else it did for a job (a third of its time, spent waiting for the lock's cache
     /// line). The inbox is open only while that holds (see [`Self::open_inbox`]); a drainer
-    /// whose queue ran dry moves the inbox's jobs into the queue, and whatever ends that state
-    /// (a drainer about to spin or sleep, the recheck, a cancel, the pool's close) closes it
-    /// or empties it first, under the pool's lock, so that every decision made there sees
+    /// whose queue ran dry (or spinning, and seeing jobs there) moves the inbox's jobs into the
+    /// queue, and whatever ends that state (a drainer about to sleep, the recheck, a cancel,
+    /// the pool's close) closes it or empties it first, under the pool's lock, so that every decision made there sees
     /// every job. An inbox open for [`INBOX_NS`] sends the next submission through the lock
     /// too, which closes it and decides as without it (waking a drainer, growing the pool if
     /// the drainers' jobs turned out long), then opens it again if it may.
     pub(crate) fn submit(self: &Arc<Self>, task: &Arc<Task>) -> Result<(), Error> {
         {
-            let mut inbox = lock!(self.inbox.0);
+            let mut inbox = lock!(self.inbox.inbox);
             if inbox.open && task.submitted < inbox.until {
                 inbox.jobs.push(Arc::clone(task));
+                self.inbox.holds.store(true, Ordering::Relaxed);
                 return Ok(());
             }
         }
@@ -303,10 +310,10 @@ impl Pool {
     /// After a submission decided `next` for its job: opens the inbox if that was to leave it
     /// to the drainers inside jobs, and the next jobs would be left to them too whatever the
     /// backlog. That is when the pool is open and unbounded (its exact count of queued jobs is
-    /// not needed), the jobs are quick, no drainer spins (a spinner watches `pending`, which
-    /// only submissions under the lock count), one drainer at least is inside a job (it will
-    /// look into the inbox when its queue runs dry), and none sleeps unless those inside jobs
-    /// keep every CPU but one busy (see [`Self::busy_drainers_suffice`]). A recheck must be due
+    /// not needed), the jobs are quick, one drainer at least is inside a job or spinning (it
+    /// will look into the inbox when its queue runs dry, or as it spins, through
+    /// `InboxLock::holds`), and none sleeps unless those inside jobs or spinning keep every CPU
+    /// but one busy (see [`Self::busy_drainers_suffice`]). A recheck must be due
     /// (it is armed now if need be): it closes the inbox and looks again, so that jobs that
     /// turn out long still get sleeping drainers woken and the pool grown. Returns what the
     /// submission does next.
@@ -316,9 +323,8 @@ impl Pool {
             || state.inbox_open
             || state.closed
             || self.max_queued > 0
-            || state.spinning > 0
-            || state.running == 0
-            || (state.idle > 0 && state.running + 1 < self.cpus)
+            || state.running + state.spinning == 0
+            || (state.idle > 0 && state.running + state.spinning + 1 < self.cpus)
             || !self.jobs_are_quick()
         {
             return next;
@@ -328,7 +334,7 @@ impl Pool {
             _ => Self::recheck_later(state),
         };
         state.inbox_open = true;
-        let mut inbox = lock!(self.inbox.0);
+        let mut inbox = lock!(self.inbox.inbox);
         inbox.open = true;
         inbox.until = clock::stamp_after(clock::stamp(), self.inbox_ns);
         next
@@ -340,14 +346,10 @@ impl Pool {
         if !state.inbox_open {
             return false; // a closed inbox is empty
         }
-        // An open inbox means no drainer spins: the moved jobs need no `pending` count.
-        debug_assert_eq!(
-            state.spinning, 0,
-            "the inbox is closed while a drainer spins"
-        );
         {
-            let mut inbox = lock!(self.inbox.0);
+            let mut inbox = lock!(self.inbox.inbox);
             std::mem::swap(&mut inbox.jobs, &mut state.moving);
+            self.inbox.holds.store(false, Ordering::Relaxed);
             if close {
                 inbox.open = false;
                 state.inbox_open = false;
@@ -356,6 +358,11 @@ impl Pool {
         let moved = state.moving.len();
         state.queued += moved;
         state.submitted += moved as u64;
+        if state.spinning > 0 && moved > 0 {
+            // Queued while drainers spin: counted as the submissions under the lock count them.
+            let pending = self.pending.load(Ordering::Relaxed);
+            self.pending.store(pending + moved, Ordering::Release);
+        }
         state.queue.extend(state.moving.drain(..));
         moved > 0
     }
@@ -391,7 +398,7 @@ impl Pool {
                 return Next::Nothing;
             }
             let long = self.average_run_ns.load(Ordering::Relaxed) >= STUCK_NS
-                || now_ns().saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= QUIET_NS;
+                || self.since_last_end(clock::stamp()) >= QUIET_NS;
             if !long {
                 return Self::recheck_later(state);
             }
@@ -507,10 +514,9 @@ impl Pool {
         }
         let oldest = state.queue.front().map_or(u64::MAX, |task| task.submitted);
         let half = RECHECK.as_nanos() as u64 / 2;
-        let young = clock::nanos_between(oldest, clock::stamp()) < half;
-        let now = now_ns();
-        let progress =
-            now.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) < half + END_GRAIN_NS;
+        let now = clock::stamp();
+        let young = clock::nanos_between(oldest, now) < half;
+        let progress = self.since_last_end(now) < half + END_GRAIN_NS;
         let next = if state.idle == 0 {
             self.grow_or_recheck(&mut state)
         } else if young || progress {
@@ -530,7 +536,12 @@ impl Pool {
         }
     }
 
-    /// Records that a job ran `run_ns` and ended at `ended` ([`now_ns`]), into `average`, the
+    /// Nanoseconds from the last end of a job to `now` (a [`clock::stamp`]).
+    fn since_last_end(&self, now: u64) -> u64 {
+        clock::nanos_between(self.last_end.load(Ordering::Relaxed), now)
+    }
+
+    /// Records that a job ran `run_ns` and ended at `ended` (a [`clock::stamp`]), into `average`, the
     /// calling drainer's own moving average of run times, and into the pool's.
     ///
     /// The pool's copies are stored only when they move: the end time by [`END_GRAIN_NS`], the
@@ -541,8 +552,8 @@ impl Pool {
     /// most twice `STUCK_NS`, so that one quick job whose thread was preempted for
     /// milliseconds does not make the jobs look long; five long jobs in a row still do.
     fn note_end(&self, average: &mut u64, run_ns: u64, ended: u64) {
-        if ended.saturating_sub(self.last_end_ns.load(Ordering::Relaxed)) >= END_GRAIN_NS {
-            self.last_end_ns.store(ended, Ordering::Relaxed);
+        if self.since_last_end(ended) >= END_GRAIN_NS {
+            self.last_end.store(ended, Ordering::Relaxed);
         }
         let sample = run_ns.min(2 * STUCK_NS);
         *average = *average - *average / 8 + sample / 8;
@@ -618,13 +629,13 @@ impl Pool {
             if state.closed {
                 break;
             }
-            // About to spin or sleep: from now on submissions take the pool's lock, and see
-            // this drainer (any job they put into the inbox until now is moved first).
-            if self.take_inbox(&mut state, true) {
+            state = self.spin(state);
+            if !state.queue.is_empty() || state.closed || self.take_inbox(&mut state, false) {
                 continue;
             }
-            state = self.spin(state);
-            if !state.queue.is_empty() || state.closed {
+            // About to sleep: from now on submissions take the pool's lock, and see this
+            // drainer (any job they put into the inbox until now is moved first).
+            if self.take_inbox(&mut state, true) {
                 continue;
             }
             state.idle += 1;
@@ -659,8 +670,9 @@ impl Pool {
         }
         state.spinning += 1;
         drop(state);
-        self.spin
-            .spin(None, || self.pending.load(Ordering::Acquire) > 0);
+        self.spin.spin(None, || {
+            self.pending.load(Ordering::Acquire) > 0 || self.inbox.holds.load(Ordering::Relaxed)
+        });
         let mut state = self.lock();
         if state.spin_claims > 0 {
             state.spin_claims -= 1;
@@ -688,7 +700,7 @@ impl Pool {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         let in_inbox = match state.inbox_open {
-            true => lock!(self.inbox.0).jobs.len(),
+            true => lock!(self.inbox.inbox).jobs.len(),
             false => 0,
         };
         Snapshot {
@@ -798,7 +810,7 @@ mod tests {
         }
 
         fn in_inbox(&self) -> Option<usize> {
-            let inbox = lock!(self.pool.inbox.0);
+            let inbox = lock!(self.pool.inbox.inbox);
             inbox.open.then_some(inbox.jobs.len())
         }
     }
