@@ -107,6 +107,9 @@ struct InboxLock {
 /// afresh with what the drainers did meanwhile (see [`Pool::submit`]).
 const INBOX_NS: u64 = 500_000;
 
+/// The most jobs whose room the vector that moves the inbox's jobs keeps after a burst.
+const MOVING_KEEP: usize = 1024;
+
 /// How long a drainer without work spins before it sleeps: 2 to 50 us, adapting (see [`Spin`]).
 const SPIN_MIN_NS: u64 = 2_000;
 const SPIN_MAX_NS: u64 = 50_000;
@@ -364,7 +367,30 @@ impl Pool {
             self.pending.store(pending + moved, Ordering::Release);
         }
         state.queue.extend(state.moving.drain(..));
+        state.moving.shrink_to(MOVING_KEEP);
         moved > 0
+    }
+
+    /// Closes the inbox once the jobs turned out long (`drain` calls it, with the lock, after
+    /// a job whose end made the average long): its jobs were left to the busy drainers on the
+    /// grounds that they were quick. Each of them, but the one this drainer takes next, wakes
+    /// a sleeping drainer, as its submission would have done had it come now; submissions
+    /// from now on decide under the lock (which may also grow the pool).
+    fn reconsider_inbox<'a>(
+        self: &'a Arc<Self>,
+        mut state: MutexGuard<'a, State>,
+    ) -> MutexGuard<'a, State> {
+        let queued = state.queued;
+        self.take_inbox(&mut state, true);
+        let moved = state.queued - queued;
+        let woken = state.idle.min(moved.saturating_sub(1));
+        if woken == 0 {
+            return state;
+        }
+        let next = Self::wake(&mut state, woken);
+        drop(state);
+        self.act(next);
+        self.lock()
     }
 
     /// Has a [`recheck`](Self::recheck) run soon, unless one is due already.
@@ -620,6 +646,9 @@ impl Pool {
                 state = self.lock();
                 state.running -= 1;
                 self.notify_if_idle(&state);
+                if state.inbox_open && !self.jobs_are_quick() {
+                    state = self.reconsider_inbox(state);
+                }
                 continue;
             }
             // The queue ran dry: on to the jobs submitted into the inbox meanwhile.
@@ -648,7 +677,11 @@ impl Pool {
                 state.wakeups -= 1;
             } else {
                 state.idle -= 1;
-                if waited.timed_out() && state.queue.is_empty() {
+                // The inbox may have opened again meanwhile: its jobs keep this drainer too.
+                if waited.timed_out()
+                    && state.queue.is_empty()
+                    && !self.take_inbox(&mut state, false)
+                {
                     break;
                 }
             }
@@ -736,39 +769,116 @@ mod tests {
     use crate::userdata::UserArg;
     use std::ffi::c_void;
 
-    /// What the jobs of one test saw: the order they ran in. Job 0 blocks until `go`.
+    /// Longer than any test: the inbox stays open.
+    const HOUR_NS: u64 = 3_600_000_000_000;
+
+    /// What the jobs of one test saw: the order they ran in. Jobs that block run until `go`.
     #[derive(Default)]
     struct Log {
         go: AtomicBool,
         ran: Mutex<Vec<usize>>,
     }
 
-    /// A job's argument: its log and its number.
+    fn log() -> &'static Log {
+        Box::leak(Box::default())
+    }
+
+    /// A job's argument: its log, its number, and whether it blocks until `log.go`.
     struct Step {
         log: &'static Log,
         n: usize,
+        blocks: bool,
     }
 
     unsafe extern "C" fn record(arg: *mut c_void, _: *mut tb_job) -> i32 {
         let step = &*arg.cast::<Step>();
         lock!(step.log.ran).push(step.n);
-        while step.n == 0 && !step.log.go.load(Ordering::Acquire) {
+        while step.blocks && !step.log.go.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
         }
         0
     }
 
     /// Submits job `n` of `log` to `pool`.
-    fn submit(pool: &Arc<Pool>, log: &'static Log, n: usize) -> Result<Arc<Task>, Error> {
-        let step: &'static Step = Box::leak(Box::new(Step { log, n }));
+    fn submit(
+        pool: &Arc<Pool>,
+        log: &'static Log,
+        n: usize,
+        blocks: bool,
+    ) -> Result<Arc<Task>, Error> {
+        let step: &'static Step = Box::leak(Box::new(Step { log, n, blocks }));
         let arg = UserArg::new(std::ptr::from_ref(step).cast_mut().cast(), None);
         let task = Arc::new(job::queued(n as u64 + 1, pool, record, arg));
         pool.submit(&task).map(|()| task)
     }
 
+    /// Opens the inbox by hand, as a submission may when a drainer is inside a job, then
+    /// submits job `n` into it.
+    fn submit_to_inbox(pool: &Arc<Pool>, log: &'static Log, n: usize, blocks: bool) {
+        {
+            let mut state = pool.lock();
+            state.inbox_open = true;
+            let mut inbox = lock!(pool.inbox.inbox);
+            inbox.open = true;
+            inbox.until = u64::MAX;
+        }
+        submit(pool, log, n, blocks).unwrap();
+        assert!(!lock!(pool.inbox.inbox).jobs.is_empty(), "it went in");
+    }
+
+    /// A Tokio runtime that is never driven: a recheck never runs.
+    fn undriven() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A pool on `tokio` as if on a machine of 2 CPUs.
+    fn pool_of(
+        tokio: &tokio::runtime::Runtime,
+        max_threads: usize,
+        keep_alive: Duration,
+        inbox_ns: u64,
+    ) -> Arc<Pool> {
+        let mut pool = Pool::new(
+            1,
+            tokio.handle().clone(),
+            max_threads,
+            0,
+            keep_alive,
+            Arc::default(),
+        );
+        pool.inbox_ns = inbox_ns;
+        pool.cpus = 2;
+        Arc::new(pool)
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Ends what is left as a runtime's shutdown does, so that the idle drainers exit and the
+    /// Tokio runtime's drop does not wait for their keep-alive.
+    fn end(pool: &Pool, logs: &[&Log]) {
+        for log in logs {
+            log.go.store(true, Ordering::Release);
+        }
+        for task in pool.close() {
+            if task.claim() {
+                job::abandon(&task, TB_ERR_SHUTDOWN);
+            }
+        }
+        assert!(pool.wait_idle(None));
+    }
+
     /// A pool of one drainer at most, job 0 running in it (blocked until `log.go`), and a way
-    /// to submit job `n`. Its Tokio runtime is never driven, so a recheck never runs: the
-    /// inbox stays as the submissions and the drainer leave it, open for `inbox_ns`.
+    /// to submit job `n`. The inbox stays as the submissions and the drainer leave it, open
+    /// for `inbox_ns`.
     struct Busy {
         _tokio: tokio::runtime::Runtime,
         pool: Arc<Pool>,
@@ -778,25 +888,11 @@ mod tests {
 
     impl Busy {
         fn new(inbox_ns: u64) -> Self {
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut pool = Pool::new(
-                1,
-                tokio.handle().clone(),
-                1,
-                0,
-                Duration::from_secs(10),
-                Arc::default(),
-            );
-            pool.inbox_ns = inbox_ns;
-            let pool = Arc::new(pool);
-            let log: &'static Log = Box::leak(Box::default());
-            let first = submit(&pool, log, 0).expect("an open pool takes a job");
-            while lock!(log.ran).is_empty() {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            let tokio = undriven();
+            let pool = pool_of(&tokio, 1, Duration::from_secs(10), inbox_ns);
+            let log = log();
+            let first = submit(&pool, log, 0, true).expect("an open pool takes a job");
+            wait_for("job 0 runs", || !lock!(log.ran).is_empty());
             Busy {
                 _tokio: tokio,
                 pool,
@@ -806,7 +902,7 @@ mod tests {
         }
 
         fn submit(&self, n: usize) -> Result<Arc<Task>, Error> {
-            submit(&self.pool, self.log, n)
+            submit(&self.pool, self.log, n, false)
         }
 
         fn in_inbox(&self) -> Option<usize> {
@@ -815,22 +911,11 @@ mod tests {
         }
     }
 
-    /// Ends what is left as a runtime's shutdown does, so that the idle drainer exits and the
-    /// Tokio runtime's drop does not wait for its keep-alive.
     impl Drop for Busy {
         fn drop(&mut self) {
-            self.log.go.store(true, Ordering::Release);
-            for task in self.pool.close() {
-                if task.claim() {
-                    job::abandon(&task, TB_ERR_SHUTDOWN);
-                }
-            }
-            assert!(self.pool.wait_idle(None));
+            end(&self.pool, &[self.log]);
         }
     }
-
-    /// Longer than any test: the inbox stays open.
-    const HOUR_NS: u64 = 3_600_000_000_000;
 
     #[test]
     fn jobs_left_to_a_busy_drainer_go_through_the_inbox_in_order() {
@@ -914,5 +999,48 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(*lock!(busy.log.ran), [0, 1, 2]);
+    }
+
+    /// An idle drainer whose keep-alive runs out takes what the inbox holds, even with the
+    /// queue empty: the inbox may have opened while it slept (its jobs left to a drainer inside
+    /// a job that turned out long), and no other drainer may come for them.
+    #[test]
+    fn a_drainer_at_the_end_of_its_keep_alive_takes_the_inbox_jobs() {
+        let tokio = undriven();
+        let pool = pool_of(&tokio, 1, Duration::from_millis(20), HOUR_NS);
+        let log = log();
+        submit(&pool, log, 0, false).unwrap();
+        wait_for("the drainer sleeps", || pool.snapshot().idle == 1);
+        submit_to_inbox(&pool, log, 1, false);
+        wait_for("job 1 runs", || lock!(log.ran).len() == 2);
+        end(&pool, &[log]);
+    }
+
+    /// When a job's end shows the jobs are long after all, its drainer closes the inbox, and
+    /// each job the inbox held, but the one that drainer takes next, wakes a sleeping drainer,
+    /// as its submission would have if it had come then.
+    #[test]
+    fn jobs_turning_long_close_the_inbox_and_wake_a_sleeping_drainer() {
+        let tokio = undriven();
+        let pool = pool_of(&tokio, 2, Duration::from_secs(60), HOUR_NS);
+        let (long, rest) = (log(), log());
+        submit(&pool, long, 0, true).unwrap();
+        wait_for("job 0 runs", || pool.snapshot().running == 1);
+        submit(&pool, rest, 1, false).unwrap();
+        wait_for("a second drainer ran job 1 and sleeps", || {
+            let s = pool.snapshot();
+            (s.threads, s.idle, lock!(rest.ran).len()) == (2, 1, 1)
+        });
+        submit_to_inbox(&pool, rest, 2, true);
+        submit_to_inbox(&pool, rest, 3, true);
+        assert!(pool.jobs_are_quick(), "no long job ended yet");
+        // Job 0 has run for milliseconds: its end makes the jobs long.
+        long.go.store(true, Ordering::Release);
+        wait_for("jobs 2 and 3 run at once", || {
+            pool.snapshot().running == 2 && lock!(rest.ran).len() == 3
+        });
+        assert!(!pool.jobs_are_quick());
+        assert!(!lock!(pool.inbox.inbox).open);
+        end(&pool, &[long, rest]);
     }
 }
