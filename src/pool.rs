@@ -779,6 +779,7 @@ mod tests {
         ran: Mutex<Vec<usize>>,
     }
 
+    /// Leaked (see [`step`]).
     fn log() -> &'static Log {
         Box::leak(Box::default())
     }
@@ -788,6 +789,12 @@ mod tests {
         log: &'static Log,
         n: usize,
         blocks: bool,
+    }
+
+    /// Leaked, as the log is, so that a job outliving a failed test's body never reads freed
+    /// memory.
+    fn step(log: &'static Log, n: usize, blocks: bool) -> &'static Step {
+        Box::leak(Box::new(Step { log, n, blocks }))
     }
 
     unsafe extern "C" fn record(arg: *mut c_void, _: *mut tb_job) -> i32 {
@@ -806,8 +813,10 @@ mod tests {
         n: usize,
         blocks: bool,
     ) -> Result<Arc<Task>, Error> {
-        let step: &'static Step = Box::leak(Box::new(Step { log, n, blocks }));
-        let arg = UserArg::new(std::ptr::from_ref(step).cast_mut().cast(), None);
+        let arg = UserArg::new(
+            std::ptr::from_ref(step(log, n, blocks)).cast_mut().cast(),
+            None,
+        );
         let task = Arc::new(job::queued(n as u64 + 1, pool, record, arg));
         pool.submit(&task).map(|()| task)
     }
