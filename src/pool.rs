@@ -266,12 +266,7 @@ impl Pool {
             ));
         }
         state.queue.push_back(Arc::clone(task));
-        state.queued += 1;
-        state.submitted += 1;
-        if state.spinning > 0 {
-            let pending = self.pending.load(Ordering::Relaxed);
-            self.pending.store(pending + 1, Ordering::Release);
-        }
+        self.count_queued(&mut state, 1);
         let next = if state.spinning > state.spin_claims {
             state.spin_claims += 1;
             Next::Nothing
@@ -327,7 +322,7 @@ impl Pool {
             || state.closed
             || self.max_queued > 0
             || state.running + state.spinning == 0
-            || (state.idle > 0 && state.running + state.spinning + 1 < self.cpus)
+            || (state.idle > 0 && !self.busy_keep_the_cpus(state))
             || !self.jobs_are_quick()
         {
             return next;
@@ -359,16 +354,21 @@ impl Pool {
             }
         }
         let moved = state.moving.len();
-        state.queued += moved;
-        state.submitted += moved as u64;
-        if state.spinning > 0 && moved > 0 {
-            // Queued while drainers spin: counted as the submissions under the lock count them.
-            let pending = self.pending.load(Ordering::Relaxed);
-            self.pending.store(pending + moved, Ordering::Release);
-        }
         state.queue.extend(state.moving.drain(..));
+        self.count_queued(state, moved);
         state.moving.shrink_to(MOVING_KEEP);
         moved > 0
+    }
+
+    /// Counts `n` jobs just added to the queue: queued, submitted, and `pending` while a
+    /// drainer spins.
+    fn count_queued(&self, state: &mut State, n: usize) {
+        state.queued += n;
+        state.submitted += n as u64;
+        if state.spinning > 0 && n > 0 {
+            let pending = self.pending.load(Ordering::Relaxed);
+            self.pending.store(pending + n, Ordering::Release);
+        }
     }
 
     /// Closes the inbox once the jobs turned out long (`drain` calls it, with the lock, after
@@ -509,8 +509,13 @@ impl Pool {
         let average = self.average_run_ns.load(Ordering::Relaxed);
         busy > 0
             && average < QUICK_NS
-            && (busy + 1 >= self.cpus
+            && (self.busy_keep_the_cpus(state)
                 || state.queued as u64 * average.max(1_000) <= busy as u64 * BUSY_BACKLOG_NS)
+    }
+
+    /// True when the drainers inside a job or spinning keep every CPU but one busy.
+    fn busy_keep_the_cpus(&self, state: &State) -> bool {
+        state.running + state.spinning + 1 >= self.cpus
     }
 
     /// Has [`recheck`](Self::recheck) run in [`RECHECK`], on an async worker.
