@@ -236,7 +236,8 @@ typedef struct tb_metrics {
    */
   uint64_t timers_active;
   /**
-   * Tasks of this runtime not yet finished: queued and running jobs plus active timers.
+   * Tasks of this runtime not yet finished: queued and running jobs, jobs a cancel is still
+   * ending (their `free_arg` or completion callback runs), and active timers.
    */
   uint64_t tasks_alive;
   /**

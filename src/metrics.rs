@@ -44,7 +44,8 @@ pub struct tb_metrics {
     pub jobs_cancelled: u64,
     /// Sleeps and timers not yet ended.
     pub timers_active: u64,
-    /// Tasks of this runtime not yet finished: queued and running jobs plus active timers.
+    /// Tasks of this runtime not yet finished: queued and running jobs, jobs a cancel is still
+    /// ending (their `free_arg` or completion callback runs), and active timers.
     pub tasks_alive: u64,
     /// Task handles not yet released, in the whole process (all runtimes).
     pub task_handles: u64,
@@ -123,7 +124,7 @@ pub extern "C" fn tb_runtime_metrics(rt: tb_runtime, out: *mut tb_metrics) -> tb
             jobs_failed: c.jobs_failed.load(Ordering::Relaxed),
             jobs_cancelled: c.jobs_cancelled.load(Ordering::Relaxed),
             timers_active: timers,
-            tasks_alive: pool.queued + pool.running + timers,
+            tasks_alive: pool.queued + pool.running + pool.ending + timers,
             task_handles: TASKS.live() as u64,
             queue_wait_total_us: c.queue_wait_total_us.load(Ordering::Relaxed),
             queue_wait_max_us: c.queue_wait_max_us.load(Ordering::Relaxed),

@@ -153,6 +153,8 @@ pub(crate) struct Snapshot {
     pub(crate) idle: u32,
     pub(crate) queued: u64,
     pub(crate) running: u64,
+    /// Jobs a cancel took out of the queue whose `free_arg` and completion callback still run.
+    pub(crate) ending: u64,
     pub(crate) submitted: u64,
 }
 
@@ -747,6 +749,7 @@ impl Pool {
             idle: state.idle as u32,
             queued: (state.queued + in_inbox) as u64,
             running: state.running as u64,
+            ending: state.ending as u64,
             submitted: state.submitted + in_inbox as u64,
         }
     }

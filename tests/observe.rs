@@ -2,13 +2,14 @@
 //! and the lateness probe.
 
 use std::ffi::{c_void, CStr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio_bridge::completion::*;
 use tokio_bridge::error::*;
+use tokio_bridge::job::*;
 use tokio_bridge::metrics::*;
 use tokio_bridge::probe::*;
 use tokio_bridge::runtime::*;
@@ -351,6 +352,48 @@ fn metrics_match_the_work_done_exactly() {
     let mut bad = tb_metrics::default();
     assert_eq!(tb_runtime_metrics(rt, &mut bad), TB_ERR_INVALID_ARG);
     assert_eq!(tb_runtime_metrics(rt, std::ptr::null_mut()), TB_ERR_NULL);
+    shutdown(rt);
+}
+
+/// The runtime of the job `free_alive` frees, and the `tasks_alive` it saw there.
+struct Alive {
+    rt: tb_runtime,
+    seen: AtomicU64,
+}
+
+/// A `free_arg` that reads its runtime's `tasks_alive`.
+unsafe extern "C" fn free_alive(arg: *mut c_void) {
+    let alive = &*arg.cast::<Alive>();
+    alive
+        .seen
+        .store(metrics(alive.rt).tasks_alive, Ordering::SeqCst);
+}
+
+#[test]
+fn a_job_being_cancelled_is_alive_until_its_free_arg_returns() {
+    let rt = runtime_with(&config(1, 1));
+    let running = spawn(rt, Some(job_fn), probe_with_sleep_ms(100));
+    wait_until("the first job runs", || metrics(rt).blocking_running == 1);
+    let alive: &'static Alive = Box::leak(Box::new(Alive {
+        rt,
+        seen: AtomicU64::new(u64::MAX),
+    }));
+    let mut queued = tb_task::default();
+    let arg = std::ptr::from_ref(alive).cast_mut().cast();
+    assert_eq!(
+        tb_spawn_blocking(rt, Some(job_fn), arg, Some(free_alive), &mut queued),
+        TB_OK
+    );
+    assert_eq!(tb_task_cancel(queued), TB_OK);
+    // Its free_arg ran on this thread, inside the cancel: the job was not finished then.
+    assert_eq!(
+        alive.seen.load(Ordering::SeqCst),
+        2,
+        "the running job and the ending one"
+    );
+    assert_eq!(outcome(queued).status, TB_ERR_CANCELLED);
+    outcome(running);
+    wait_until("no task is alive", || metrics(rt).tasks_alive == 0);
     shutdown(rt);
 }
 
