@@ -61,7 +61,10 @@ run() {
   results+=("$name: $what, $found reports, $((SECONDS - started)) s")
   if ((ok == 0 || found > 0)); then
     status=1
-    grep -E '^(test .*FAILED|error|failures:)' "$log" | head -n 40 || true
+    grep -E '^(test .*FAILED|error)' "$log" | head -n 40 || true
+    # What each failing test printed (libtest's "---- name stdout ----" sections): the panic
+    # message that says what went wrong.
+    awk '/^---- .* ----$/ {p = 1} /^failures:$/ {p = 0} p' "$log" | head -n 80
     find "$reports" -type f -size +0 -exec cat {} + | head -n 200
     echo "== $name FAILED (full log: $log)"
   fi
