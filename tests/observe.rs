@@ -374,12 +374,13 @@ fn a_job_being_cancelled_is_alive_until_its_free_arg_returns() {
     let rt = runtime_with(&config(1, 1));
     let running = spawn(rt, Some(job_fn), probe_with_sleep_ms(100));
     wait_until("the first job runs", || metrics(rt).blocking_running == 1);
-    let alive: &'static Alive = Box::leak(Box::new(Alive {
+    // Freed at the end: its free_arg has run by then, inside the cancel.
+    let alive = Box::new(Alive {
         rt,
         seen: AtomicU64::new(u64::MAX),
-    }));
+    });
     let mut queued = tb_task::default();
-    let arg = std::ptr::from_ref(alive).cast_mut().cast();
+    let arg = std::ptr::from_ref(&*alive).cast_mut().cast();
     assert_eq!(
         tb_spawn_blocking(rt, Some(job_fn), arg, Some(free_alive), &mut queued),
         TB_OK
