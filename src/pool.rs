@@ -596,7 +596,8 @@ impl Pool {
         }
     }
 
-    /// Starts a reserved drainer on Tokio's blocking pool. False if the OS refused a thread.
+    /// Starts a reserved drainer on Tokio's blocking pool. False if the OS refused a thread;
+    /// a [`recheck`](Self::recheck) then tries again if jobs are queued.
     ///
     /// Tokio panics when the OS refuses a thread and its pool has none, but keeps the drainer
     /// queued, to run it if a thread appears later. So the drainer holds the pool weakly (a
@@ -619,6 +620,15 @@ impl Pool {
             abandoned.store(true, Ordering::Release);
             state.drainers -= 1;
             state.starting -= 1;
+            // Jobs submitted while it was starting were left to it: a recheck tries again
+            // (and again, as long as the OS refuses and jobs wait), so that they are not
+            // stranded until the next submission.
+            let next = match state.queued > 0 && !state.closed {
+                true => Self::recheck_later(&mut state),
+                false => Next::Nothing,
+            };
+            drop(state);
+            self.act(next);
         }
         spawned.is_ok()
     }
@@ -772,7 +782,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{TB_ERR_CANCELLED, TB_ERR_SHUTDOWN};
+    use crate::error::{TB_ERR_CANCELLED, TB_ERR_OS, TB_ERR_SHUTDOWN};
     use crate::job::{self, tb_job};
     use crate::userdata::UserArg;
     use std::ffi::c_void;
@@ -932,6 +942,48 @@ mod tests {
         fn drop(&mut self) {
             end(&self.pool, &[self.log]);
         }
+    }
+
+    /// A job submitted while a drainer was starting is left to it; when the OS refuses that
+    /// drainer's thread, a recheck is armed to start one again, and rearmed while the OS
+    /// refuses, instead of the job waiting for the next submission.
+    #[test]
+    fn jobs_left_to_a_drainer_that_failed_to_start_are_retried() {
+        // Blocking threads of a 64 TiB stack: the OS refuses every one.
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .thread_stack_size(1 << 46)
+            .build()
+            .unwrap();
+        let pool = pool_of(&tokio, 4, Duration::from_secs(10), HOUR_NS);
+        let log = log();
+        assert_eq!(
+            submit(&pool, log, 0, false).err().map(|e| e.status),
+            Some(TB_ERR_OS),
+            "no drainer could start: the submission takes its job back"
+        );
+        pool.recheck();
+        assert!(
+            !pool.lock().recheck_armed,
+            "the recheck its failure armed found no job and stopped"
+        );
+        {
+            // A drainer starting, as a submission on another thread reserves it.
+            let mut state = pool.lock();
+            state.drainers += 1;
+            state.starting += 1;
+        }
+        let waiting = submit(&pool, log, 1, false).expect("left to the starting drainer");
+        assert!(!pool.spawn_drainer(), "the OS refuses it");
+        let armed = |pool: &Pool| {
+            let state = pool.lock();
+            (state.recheck_armed, state.queued, state.drainers)
+        };
+        assert_eq!(armed(&pool), (true, 1, 0), "a recheck will try again");
+        pool.recheck();
+        assert_eq!(armed(&pool), (true, 1, 0), "refused again: and again later");
+        end(&pool, &[log]);
+        assert_eq!(waiting.outcome().map(|o| o.status), Some(TB_ERR_SHUTDOWN));
+        assert!(lock!(log.ran).is_empty());
     }
 
     #[test]
