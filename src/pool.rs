@@ -133,6 +133,9 @@ const BUSY_BACKLOG_NS: u64 = 50_000;
 /// after all; one waiting longer than half of it then gets a sleeping drainer woken. A Tokio
 /// sleep on an async worker: 1 to 3 ms in practice (Tokio's timer counts whole milliseconds).
 const RECHECK: Duration = Duration::from_millis(1);
+/// How soon a recheck tries again to start a drainer after the OS refused one's thread (each
+/// refusal prints the panic message of Tokio, caught by `spawn_drainer`, to stderr).
+const RETRY_START: Duration = Duration::from_millis(100);
 
 /// What a submission, a drainer or a recheck does once it has let go of the lock.
 enum Next {
@@ -294,7 +297,7 @@ impl Pool {
         match next {
             Next::Nothing => true,
             Next::Recheck => {
-                self.arm_recheck();
+                self.arm_recheck(RECHECK);
                 true
             }
             Next::Wake(n) => {
@@ -520,12 +523,12 @@ impl Pool {
         state.running + state.spinning + 1 >= self.cpus
     }
 
-    /// Has [`recheck`](Self::recheck) run in [`RECHECK`], on an async worker.
-    fn arm_recheck(self: &Arc<Self>) {
+    /// Has [`recheck`](Self::recheck) run in `after`, on an async worker.
+    fn arm_recheck(self: &Arc<Self>, after: Duration) {
         let pool = Arc::downgrade(self);
         // A runtime shutting down drops the task unrun: nothing to check on then.
         drop(self.handle.spawn(async move {
-            tokio::time::sleep(RECHECK).await;
+            tokio::time::sleep(after).await;
             if let Some(pool) = pool.upgrade() {
                 pool.recheck();
             }
@@ -623,12 +626,13 @@ impl Pool {
             // Jobs submitted while it was starting were left to it: a recheck tries again
             // (and again, as long as the OS refuses and jobs wait), so that they are not
             // stranded until the next submission.
-            let next = match state.queued > 0 && !state.closed {
-                true => Self::recheck_later(&mut state),
-                false => Next::Nothing,
-            };
+            let retry = state.queued > 0
+                && !state.closed
+                && matches!(Self::recheck_later(&mut state), Next::Recheck);
             drop(state);
-            self.act(next);
+            if retry {
+                self.arm_recheck(RETRY_START);
+            }
         }
         spawned.is_ok()
     }
