@@ -8,12 +8,12 @@
 //! and timers), [`completion`] (task handles: wait, poll, outcome, cancel, callbacks, release,
 //! groups), [`queue`] (completion queues for foreign event loops), [`metrics`] (the pools' state
 //! and counters), [`stall`] (the stall detector), [`probe`] (the lateness probe), [`error`]
-//! (status codes and the last error) and [`version`]. Plumbing: [`panic`]
-//! (the boundary around every exported function), [`handle`] (generation-checked handle
-//! tables), [`reclaim`] (when a removed object may be dropped), [`state`] (the completion state machine), [`task`] (tasks and their handles),
-//! [`pool`] (the blocking-job queue), [`timer_queue`] (armed sleeps and timers), [`userdata`] (C
-//! data with its destructor), [`context`] (what the current thread does) and [`sync`] (locking
-//! helpers).
+//! (status codes and the last error) and [`version`]. Plumbing: [`panic`] (the boundary
+//! around every exported function), [`handle`] (generation-checked handle tables), [`reclaim`]
+//! (when a removed object may be dropped), [`state`] (the completion state machine), [`task`]
+//! (tasks and their handles), [`pool`] (the blocking-job queue), [`inbox`] (its entrance
+//! without a lock), [`timer_queue`] (armed sleeps and timers), [`userdata`] (C data with its
+//! destructor), [`context`] (what the current thread does) and [`sync`] (locking helpers).
 
 #![allow(non_camel_case_types)]
 // The exported functions are C entry points: they check every pointer for NULL and otherwise
@@ -36,6 +36,7 @@ pub mod version;
 mod clock;
 mod context;
 mod handle;
+mod inbox;
 mod panic;
 mod pool;
 mod reclaim;

@@ -26,9 +26,9 @@
 //!   all. The check runs as a task on an async worker: a worker blocked by a C
 //!   callback (which the stall detector reports) delays it too.
 //! - let a submission that would only leave its job to drainers busy with quick jobs skip the
-//!   pool's lock: it puts the job into an *inbox* with a lock of its own, which the drainers
-//!   empty into the queue when it runs dry, and spinning drainers watch (see
-//!   [`Pool::submit`]). The drainers take the pool's lock for every job, and taking it back
+//!   pool's lock: it puts the job into an *inbox* without any lock (see [`crate::inbox`]),
+//!   which the drainers empty into the queue when it runs dry, and spinning drainers watch
+//!   (see [`Pool::submit`]). The drainers take the pool's lock for every job, and taking it back
 //!   from them was what a submitting thread spent most of its time on.
 
 use std::collections::VecDeque;
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use crate::clock;
 use crate::context;
 use crate::error::{Error, TB_ERR_BUSY, TB_ERR_OS, TB_ERR_SHUTDOWN};
+use crate::inbox::Inbox;
 use crate::metrics::Counters;
 use crate::state::Cancelled;
 use crate::sync::{lock, wait_until, Spin};
@@ -68,41 +69,14 @@ struct State {
     spin_claims: usize,
     /// A [`recheck`](Pool::recheck) is due: a job was left to the busy drainers.
     recheck_armed: bool,
-    /// Whether the [`Inbox`] takes jobs (its own flag, kept here too so that deciding whether
-    /// to open it does not take its lock, and the drainers, which read it after every job,
-    /// do not read the inbox's cache line, which the submitting thread writes for every job:
-    /// one flag there instead, read before the lock too, measured 5-7% slower no-ops).
+    /// Whether the [`Inbox`] takes jobs (its own flag, kept here too so that the drainers,
+    /// which read it after every job, do not read the inbox's cache line, which the
+    /// submitting thread writes for every job: reading the flag there instead measured 5-7%
+    /// slower no-ops, with the inbox's former lock on that line).
     inbox_open: bool,
-    /// The inbox's jobs on their way into the queue: swapped with the inbox's vector, so that
-    /// the inbox's lock is held only for that, and kept for its allocation.
+    /// The inbox's jobs on their way into the queue, kept for its allocation.
     moving: Vec<Arc<Task>>,
     closed: bool,
-}
-
-/// Jobs submitted while every drainer is busy, queued behind the pool's queue under a lock of
-/// their own (see [`Pool::submit`]).
-#[derive(Default)]
-struct Inbox {
-    /// Set and cleared under the pool's lock too; jobs go in only while it is set, and closing
-    /// it moves them into the pool's queue, so that a closed inbox is empty.
-    open: bool,
-    /// Until when it takes jobs (a [`clock::stamp`]).
-    until: u64,
-    /// Oldest first; all of them newer than the pool's queued jobs.
-    jobs: Vec<Arc<Task>>,
-}
-
-/// The [`Inbox`] and its lock, alone on their cache lines: the submitting thread takes the
-/// lock for every job, and a line shared with what the drainers write would be taken from it
-/// each time.
-#[repr(align(128))]
-#[derive(Default)]
-struct InboxLock {
-    inbox: Mutex<Inbox>,
-    /// Whether the inbox holds jobs, for spinning drainers to watch without its lock (on the
-    /// same cache line: the submitting thread writes it with the lock, at no further cost).
-    /// Written under the lock.
-    holds: AtomicBool,
 }
 
 /// How long the inbox takes jobs before a submission takes the pool's lock again, to decide
@@ -111,6 +85,9 @@ const INBOX_NS: u64 = 500_000;
 
 /// The most jobs whose room the vector that moves the inbox's jobs keeps after a burst.
 const MOVING_KEEP: usize = 1024;
+/// How many jobs the inbox takes before a submission takes the pool's lock again, which
+/// empties it (in each of its two buffers of slots: 16 KiB a runtime).
+const INBOX_SLOTS: usize = 1024;
 
 /// How long a drainer without work spins before it sleeps: 2 to 50 us, adapting (see [`Spin`]).
 const SPIN_MIN_NS: u64 = 2_000;
@@ -191,7 +168,7 @@ pub(crate) struct Pool {
     keep_alive: Duration,
     closed: AtomicBool,
     state: Mutex<State>,
-    inbox: InboxLock,
+    inbox: Inbox<Task>,
     /// How long the inbox stays open: [`INBOX_NS`] (tests change it).
     inbox_ns: u64,
     work: Condvar,
@@ -221,7 +198,7 @@ impl Pool {
             keep_alive,
             closed: AtomicBool::new(false),
             state: Mutex::new(State::default()),
-            inbox: InboxLock::default(),
+            inbox: Inbox::new(INBOX_SLOTS),
             inbox_ns: INBOX_NS,
             work: Condvar::new(),
             idle: Condvar::new(),
@@ -240,10 +217,10 @@ impl Pool {
     /// Queues a job. On error the job was not queued and will never run.
     ///
     /// When the job would only be left to drainers busy with quick jobs, it goes into the
-    /// [`Inbox`] under the inbox's own lock, not the pool's: the drainers take the pool's lock
-    /// for every job, and taking it back from them cost the submitting thread more than
-    /// anything else it did for a job (a third of its time, spent waiting for the lock's cache
-    /// line). The inbox is open only while that holds (see [`Self::open_inbox`]); a drainer
+    /// [`Inbox`], with one atomic add and no lock: the drainers take the pool's lock for every
+    /// job, and taking it back from them cost the submitting thread more than anything else
+    /// it did for a job (a third of its time, spent waiting for the lock's cache line), and a
+    /// lock of the inbox's own still cost a fifth of it. The inbox is open only while that holds (see [`Self::open_inbox`]); a drainer
     /// whose queue ran dry (or spinning, and seeing jobs there) moves the inbox's jobs into the
     /// queue, and whatever ends that state (a drainer about to sleep, the recheck, a cancel,
     /// the pool's close) closes it or empties it first, under the pool's lock, so that every
@@ -252,13 +229,8 @@ impl Pool {
     /// drainer, growing the pool if the drainers' jobs turned out long), then opens it again
     /// if it may.
     pub(crate) fn submit(self: &Arc<Self>, task: &Arc<Task>) -> Result<(), Error> {
-        {
-            let mut inbox = lock!(self.inbox.inbox);
-            if inbox.open && task.submitted < inbox.until {
-                inbox.jobs.push(Arc::clone(task));
-                self.inbox.holds.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
+        if self.inbox.push(task, task.submitted) {
+            return Ok(());
         }
         let mut state = self.lock();
         self.take_inbox(&mut state, true);
@@ -319,7 +291,7 @@ impl Pool {
     /// backlog. That is when the pool is open and unbounded (its exact count of queued jobs is
     /// not needed), the jobs are quick, one drainer at least is inside a job or spinning (it
     /// will look into the inbox when its queue runs dry, or as it spins, through
-    /// `InboxLock::holds`), and none sleeps unless those inside jobs or spinning keep every CPU
+    /// [`Inbox::holds`]), and none sleeps unless those inside jobs or spinning keep every CPU
     /// but one busy (see [`Self::busy_drainers_suffice`]). A recheck must be due
     /// (it is armed now if need be): it closes the inbox and looks again, so that jobs that
     /// turn out long still get sleeping drainers woken and the pool grown. Returns what the
@@ -341,9 +313,8 @@ impl Pool {
             _ => Self::recheck_later(state),
         };
         state.inbox_open = true;
-        let mut inbox = lock!(self.inbox.inbox);
-        inbox.open = true;
-        inbox.until = clock::stamp_after(clock::stamp(), self.inbox_ns);
+        self.inbox
+            .open(clock::stamp_after(clock::stamp(), self.inbox_ns));
         next
     }
 
@@ -353,14 +324,9 @@ impl Pool {
         if !state.inbox_open {
             return false; // a closed inbox is empty
         }
-        {
-            let mut inbox = lock!(self.inbox.inbox);
-            std::mem::swap(&mut inbox.jobs, &mut state.moving);
-            self.inbox.holds.store(false, Ordering::Relaxed);
-            if close {
-                inbox.open = false;
-                state.inbox_open = false;
-            }
+        self.inbox.take(close, &mut state.moving);
+        if close {
+            state.inbox_open = false;
         }
         let moved = state.moving.len();
         state.queue.extend(state.moving.drain(..));
@@ -729,7 +695,7 @@ impl Pool {
         state.spinning += 1;
         drop(state);
         self.spin.spin(None, || {
-            self.pending.load(Ordering::Acquire) > 0 || self.inbox.holds.load(Ordering::Relaxed)
+            self.pending.load(Ordering::Acquire) > 0 || self.inbox.holds()
         });
         let mut state = self.lock();
         if state.spin_claims > 0 {
@@ -758,7 +724,7 @@ impl Pool {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         let in_inbox = match state.inbox_open {
-            true => lock!(self.inbox.inbox).jobs.len(),
+            true => self.inbox.len(),
             false => 0,
         };
         Snapshot {
@@ -852,13 +818,13 @@ mod tests {
     fn submit_to_inbox(pool: &Arc<Pool>, log: &'static Log, n: usize, blocks: bool) {
         {
             let mut state = pool.lock();
-            state.inbox_open = true;
-            let mut inbox = lock!(pool.inbox.inbox);
-            inbox.open = true;
-            inbox.until = u64::MAX;
+            if !state.inbox_open {
+                state.inbox_open = true;
+                pool.inbox.open(u64::MAX);
+            }
         }
         submit(pool, log, n, blocks).unwrap();
-        assert!(!lock!(pool.inbox.inbox).jobs.is_empty(), "it went in");
+        assert!(pool.inbox.holds(), "it went in");
     }
 
     /// A Tokio runtime that is never driven: a recheck never runs.
@@ -941,8 +907,8 @@ mod tests {
         }
 
         fn in_inbox(&self) -> Option<usize> {
-            let inbox = lock!(self.pool.inbox.inbox);
-            inbox.open.then_some(inbox.jobs.len())
+            let open = self.pool.lock().inbox_open;
+            open.then(|| self.pool.inbox.len())
         }
     }
 
@@ -1119,7 +1085,7 @@ mod tests {
             pool.snapshot().running == 2 && lock!(rest.ran).len() == 3
         });
         assert!(!pool.jobs_are_quick());
-        assert!(!lock!(pool.inbox.inbox).open);
+        assert!(!pool.lock().inbox_open);
         end(&pool, &[long, rest]);
     }
 }
