@@ -877,6 +877,17 @@ mod tests {
         assert!(pool.wait_idle(None));
     }
 
+    /// Calls [`end`] when dropped, also when the test fails: a failing test's blocked jobs are
+    /// released, so that the Tokio runtime's drop, which waits for its blocking threads, does
+    /// not hang the test binary. Made after the runtime, so dropped before it.
+    struct Ends<'a>(&'a Pool, &'a [&'a Log]);
+
+    impl Drop for Ends<'_> {
+        fn drop(&mut self) {
+            end(self.0, self.1);
+        }
+    }
+
     /// A pool of one drainer at most, job 0 running in it (blocked until `log.go`), and a way
     /// to submit job `n`. The inbox stays as the submissions and the drainer leave it, open
     /// for `inbox_ns`.
@@ -1052,11 +1063,11 @@ mod tests {
         let tokio = undriven();
         let pool = pool_of(&tokio, 1, Duration::from_millis(20), HOUR_NS);
         let log = log();
+        let _ends = Ends(&pool, &[log]);
         submit(&pool, log, 0, false).unwrap();
         wait_for("the drainer sleeps", || pool.snapshot().idle == 1);
         submit_to_inbox(&pool, log, 1, false);
         wait_for("job 1 runs", || lock!(log.ran).len() == 2);
-        end(&pool, &[log]);
     }
 
     /// When a job's end shows the jobs are long after all, its drainer closes the inbox, and
@@ -1067,6 +1078,7 @@ mod tests {
         let tokio = undriven();
         let pool = pool_of(&tokio, 2, Duration::from_secs(60), HOUR_NS);
         let (long, rest) = (log(), log());
+        let _ends = Ends(&pool, &[long, rest]);
         submit(&pool, long, 0, true).unwrap();
         wait_for("job 0 runs", || pool.snapshot().running == 1);
         submit(&pool, rest, 1, false).unwrap();
@@ -1086,6 +1098,5 @@ mod tests {
         });
         assert!(!pool.jobs_are_quick());
         assert!(!pool.lock().inbox_open);
-        end(&pool, &[long, rest]);
     }
 }
