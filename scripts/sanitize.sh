@@ -72,8 +72,9 @@ run() {
 }
 
 # The Rust test binaries the sanitizers run: every one but the packaging tests (they build a
-# release library with the stable toolchain) and the ignored regressions.
-tests=(--lib --test api --test queue --test observe --test model --test stress --test c_programs)
+# release library with the stable toolchain).
+tests=(--lib --test api --test queue --test observe --test model --test stress --test c_programs
+  --test regressions)
 
 asan_tests() {
   # Frame pointers, so that leak stacks show every frame the suppressions name.

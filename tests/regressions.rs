@@ -30,6 +30,12 @@ unsafe extern "C" fn count_free(arg: *mut c_void) {
     (*arg.cast::<AtomicUsize>()).fetch_add(1, Ordering::SeqCst);
 }
 
+/// A value that lives as long as the process (leaked), so that a job or callback outliving a
+/// failed test's body never touches freed memory.
+fn leaked<T: Default>() -> &'static T {
+    Box::leak(Box::default())
+}
+
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
@@ -47,11 +53,11 @@ fn threads() -> usize {
 fn cancel_racing_shutdown_never_panics_and_every_task_finishes() {
     for round in 0..200 {
         let rt = runtime_with(&config(1, 1));
-        let frees = Box::leak(Box::new(AtomicUsize::new(0)));
+        let frees = leaked::<AtomicUsize>();
         let tasks: Vec<tb_task> = (0..2000)
             .map(|_| {
                 let mut t = tb_task::default();
-                let arg = std::ptr::from_mut(frees).cast();
+                let arg = std::ptr::from_ref(frees).cast_mut().cast();
                 assert_eq!(
                     tb_spawn_blocking(rt, Some(slow_job), arg, Some(count_free), &mut t),
                     TB_OK
@@ -277,7 +283,7 @@ fn one_job_held_one_queued(completion: tb_complete_fn) -> (tb_runtime, tb_task, 
     let rt = runtime_with(&config(1, 1));
     let mut held = tb_task::default();
     let hold = Some(hold_until_cancelled as unsafe extern "C" fn(*mut c_void, *mut tb_job) -> i32);
-    let running: &'static std::sync::atomic::AtomicBool = Box::leak(Box::default());
+    let running = leaked::<std::sync::atomic::AtomicBool>();
     let arg = std::ptr::from_ref(running).cast_mut().cast();
     assert_eq!(tb_spawn_blocking(rt, hold, arg, None, &mut held), TB_OK);
     while !running.load(Ordering::SeqCst) {
@@ -389,10 +395,10 @@ fn queue_fd_racing_queue_free_is_a_bad_handle() {
     use std::sync::atomic::AtomicU64;
     use tokio_bridge::queue::*;
     static CURRENT: AtomicU64 = AtomicU64::new(0);
-    let done = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let reader = thread::spawn(|| {
         let mut statuses = Vec::new();
-        while !done.load(Ordering::SeqCst) {
+        while !DONE.load(Ordering::SeqCst) {
             let mut fd = -1;
             let q = tb_queue {
                 id: CURRENT.load(Ordering::SeqCst),
@@ -411,7 +417,7 @@ fn queue_fd_racing_queue_free_is_a_bad_handle() {
         thread::yield_now();
         assert_eq!(tb_queue_free(q), TB_OK);
     }
-    done.store(true, Ordering::SeqCst);
+    DONE.store(true, Ordering::SeqCst);
     let statuses = reader.join().unwrap();
     assert!(statuses.is_empty(), "tb_queue_fd returned {statuses:?}");
 }
