@@ -1,8 +1,9 @@
 //! A pool's inbox: jobs submitted while the pool's drainers are busy with quick jobs, taken
 //! without a lock (see [`crate::pool`] for when the pool opens it).
 //!
-//! A submission into the inbox costs one atomic add and one store: the add reserves a slot
-//! and tells whether the inbox is open, the store puts the job's reference there. A lock (the
+//! A submission into the inbox costs one atomic add and one store (and the increment of its
+//! job's reference count): the add reserves a slot and tells whether the inbox is open, the
+//! store puts the job's reference there. A lock (the
 //! inbox's own mutex, until this module) costs two locked instructions, the lock and its
 //! release, and the release waits for every store before it.
 //!
@@ -67,11 +68,15 @@ impl<T> Inbox<T> {
     /// Puts `item`, submitted at `stamp`, into the inbox if it is open and `stamp` is before the
     /// time it closes. False if not (nothing was reserved: the caller queues it otherwise).
     pub(crate) fn push(&self, item: &Arc<T>, stamp: u64) -> bool {
-        // A stale `until` is an earlier opening's, which is earlier: at worst the submission
-        // takes the lock for nothing.
+        // `until` may be another opening's than the word's (both are read relaxed): an earlier
+        // one's sends the submission through the lock for nothing, a later one's lets it in
+        // a little past its opening's end. Either way the word's open bit decides.
         if stamp >= self.until.load(Ordering::Relaxed) {
             return false;
         }
+        // Between this add and the store below there is nothing that locks, calls out or
+        // unwinds (an `Arc` count that overflows aborts): a taker waiting for the slot waits
+        // for a few instructions, unless this thread is preempted there.
         let word = self.word.fetch_add(1, Ordering::AcqRel);
         let index = (word & COUNT) as usize;
         let buffer = &self.slots[usize::from(word & BUFFER != 0)];
@@ -99,7 +104,11 @@ impl<T> Inbox<T> {
             return; // closed, so empty; or open with nothing to take
         }
         let next = if close { 0 } else { OPEN };
+        // The buffer bit read above is current: only a taker or an opening changes it, under
+        // the same lock as this call.
         let word = self.word.swap(next | (!word & BUFFER), Ordering::AcqRel);
+        // From here to the end nothing unwinds (a failed allocation aborts): a take cut short
+        // would leave written slots behind a count that no longer names them.
         let buffer = &self.slots[usize::from(word & BUFFER != 0)];
         let reserved = ((word & COUNT) as usize).min(buffer.len());
         for slot in &buffer[..reserved] {
@@ -288,6 +297,36 @@ mod loom_tests {
                     "taken once if accepted, else never"
                 );
             }
+        });
+    }
+
+    /// One thread pushes three jobs while takes reuse both buffers, close the inbox and open
+    /// it again: the slots a take emptied are written again only after, and every job
+    /// accepted comes out once, in the order pushed.
+    #[test]
+    fn loom_inbox_buffers_are_reused_and_reopened_in_order() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::new(1));
+            inbox.open(u64::MAX);
+            let pusher = {
+                let inbox = Arc::clone(&inbox);
+                loom::thread::spawn(move || {
+                    (0..3u32)
+                        .map(|n| Arc::new(n))
+                        .filter(|item| inbox.push(item, 0))
+                        .map(|item| *item)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let mut out = Vec::new();
+            inbox.take(false, &mut out);
+            inbox.take(false, &mut out);
+            inbox.take(true, &mut out);
+            inbox.open(u64::MAX);
+            let accepted = pusher.join().unwrap();
+            inbox.take(true, &mut out);
+            let taken: Vec<u32> = out.iter().map(|item| **item).collect();
+            assert_eq!(taken, accepted, "each accepted job once, in order");
         });
     }
 }
