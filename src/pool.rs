@@ -220,14 +220,14 @@ impl Pool {
     /// [`Inbox`], with one atomic add and no lock: the drainers take the pool's lock for every
     /// job, and taking it back from them cost the submitting thread more than anything else
     /// it did for a job (a third of its time, spent waiting for the lock's cache line), and a
-    /// lock of the inbox's own still cost a fifth of it. The inbox is open only while that holds (see [`Self::open_inbox`]); a drainer
-    /// whose queue ran dry (or spinning, and seeing jobs there) moves the inbox's jobs into the
-    /// queue, and whatever ends that state (a drainer about to sleep, the recheck, a cancel,
-    /// the pool's close) closes it or empties it first, under the pool's lock, so that every
-    /// decision made there sees every job. An inbox open for [`INBOX_NS`] sends the next
-    /// submission through the lock too, which closes it and decides as without it (waking a
-    /// drainer, growing the pool if the drainers' jobs turned out long), then opens it again
-    /// if it may.
+    /// lock of the inbox's own still cost a fifth of it. The inbox is open only while that
+    /// holds (see [`Self::open_inbox`]); a drainer whose queue ran dry (or spinning, and
+    /// seeing jobs there) moves the inbox's jobs into the queue, and whatever ends that state
+    /// (a drainer about to sleep, the recheck, a cancel, the pool's close) closes it or
+    /// empties it first, under the pool's lock, so that every decision made there sees every
+    /// job. An inbox open for [`INBOX_NS`], or full, sends the next submission through the
+    /// lock too, which closes it and decides as without it (waking a drainer, growing the pool
+    /// if the drainers' jobs turned out long), then opens it again if it may.
     pub(crate) fn submit(self: &Arc<Self>, task: &Arc<Task>) -> Result<(), Error> {
         if self.inbox.push(task, task.submitted) {
             return Ok(());
