@@ -130,13 +130,13 @@ impl<T> Inbox<T> {
     /// Whether it is open and holds items (some perhaps still being written): for spinning
     /// drainers to watch without the pool's lock.
     pub(crate) fn holds(&self) -> bool {
-        let word = self.word.load(Ordering::Relaxed);
-        word & OPEN != 0 && word & COUNT != 0
+        self.len() != 0
     }
 
-    /// How many items it holds, counting those still being written.
+    /// How many items it holds, counting those still being written (none when closed: a
+    /// closed inbox is empty).
     pub(crate) fn len(&self) -> usize {
-        let word = self.word.load(Ordering::Acquire);
+        let word = self.word.load(Ordering::Relaxed);
         match word & OPEN {
             0 => 0,
             _ => ((word & COUNT) as usize).min(self.slots[0].len()),

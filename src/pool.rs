@@ -723,10 +723,7 @@ impl Pool {
     /// The pool's gauges now.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let state = self.lock();
-        let in_inbox = match state.inbox_open {
-            true => self.inbox.len(),
-            false => 0,
-        };
+        let in_inbox = self.inbox.len();
         Snapshot {
             threads: state.drainers as u32,
             peak_threads: state.peak_drainers as u32,
