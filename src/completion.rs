@@ -127,6 +127,7 @@ pub extern "C" fn tb_task_wait(t: tb_task, timeout_ms: u64) -> tb_status {
             return Ok(TB_OK);
         }
         let task = TASKS.get(t.id)?;
+        job::hurry(&task);
         Ok(if task.wait(deadline_after(timeout_ms)) {
             TB_OK
         } else {
@@ -283,6 +284,7 @@ pub extern "C" fn tb_wait_all(tasks: *const tb_task, n: usize, timeout_ms: u64) 
         let all = lookup_all(tasks, n)?;
         check_may_wait(timeout_ms, all.iter().map(|t| t.id))?;
         let deadline = deadline_after(timeout_ms);
+        all.iter().for_each(|task| job::hurry(task));
         Ok(if all.iter().all(|task| task.wait(deadline)) {
             TB_OK
         } else {
@@ -322,6 +324,7 @@ pub extern "C" fn tb_wait_any(
             Some(found) => Some(found),
             None if timeout_ms == 0 => None,
             None => {
+                all.iter().for_each(|task| job::hurry(task));
                 let watcher = Watcher::new();
                 let watching: Vec<&Arc<Task>> =
                     all.iter().take_while(|t| t.watch(&watcher)).collect();

@@ -161,6 +161,16 @@ pub(crate) fn queued(
     )
 }
 
+/// Before a caller waits for `task`: if it is a job still queued, has its pool's drainers take
+/// it now rather than gather more jobs first (see `Pool::gather`).
+pub(crate) fn hurry(task: &Task) {
+    if let Work::Blocking(job) = &task.work {
+        if task.is_queued() {
+            job.pool.hurry();
+        }
+    }
+}
+
 /// Cancels a job: a queued one never runs and ends now, on this thread; a running one is only
 /// flagged. See `tb_task_cancel`.
 pub(crate) fn cancel(task: &Task) -> Cancelled {
