@@ -716,11 +716,13 @@ impl Pool {
             // first while they keep coming.
             let gather = gathering.next();
             if let Some(limit_ns) = gather.filter(|_| state.inbox_open && self.jobs_are_quick()) {
-                drop(state);
-                gathering.ended(self.gather(limit_ns));
-                state = self.lock();
+                let (guard, gathered) = self.as_spinner(state, || self.gather(limit_ns));
+                state = guard;
+                if let Some(how) = gathered {
+                    gathering.ended(how);
+                }
                 if !state.queue.is_empty() {
-                    continue; // another drainer took them
+                    continue; // another drainer took them, or a submission queued one
                 }
             }
             let found = self.take_inbox(&mut state, false);
@@ -816,29 +818,43 @@ impl Pool {
         }
     }
 
-    /// Spins unlocked for a moment, watching for work, then takes the lock back. Spinners, and
-    /// with quick jobs the drainers running them too, stay fewer than the CPUs, so that they
-    /// never starve the threads that submit work.
-    fn spin<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    /// Spins unlocked for a moment, watching for work, then takes the lock back (see
+    /// [`Self::as_spinner`]).
+    fn spin<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.as_spinner(state, || {
+            self.spin.spin(None, || {
+                self.pending.load(Ordering::Acquire) > 0 || self.inbox.holds()
+            });
+        })
+        .0
+    }
+
+    /// Runs `busy`, which spins, without the lock and counted among the spinners (a submission
+    /// may leave its job to one), then takes the lock back; `None` (and nothing run) when the
+    /// spinners, and with quick jobs the drainers running them too, would not stay fewer than
+    /// the CPUs, so that they never starve the threads that submit work.
+    fn as_spinner<'a, R>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        busy: impl FnOnce() -> R,
+    ) -> (MutexGuard<'a, State>, Option<R>) {
         let running = if self.jobs_are_quick() {
             state.running
         } else {
             0
         };
         if state.spinning + running + 1 >= self.cpus.max(2) {
-            return state;
+            return (state, None);
         }
         state.spinning += 1;
         drop(state);
-        self.spin.spin(None, || {
-            self.pending.load(Ordering::Acquire) > 0 || self.inbox.holds()
-        });
+        let done = busy();
         let mut state = self.lock();
         if state.spin_claims > 0 {
             state.spin_claims -= 1;
         }
         state.spinning -= 1;
-        state
+        (state, Some(done))
     }
 
     /// Refuses new jobs and takes every queued one out (the caller ends them). Idle drainers
