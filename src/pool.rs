@@ -787,10 +787,14 @@ impl Pool {
             looks += 1;
             let look_at = start + Duration::from_nanos(GATHER_LOOK_NS * u64::from(looks));
             let look_at = look_at.min(limit);
-            while Instant::now() < look_at {
+            // The flag is read at least once before each look, however late this thread runs.
+            loop {
                 if self.hurry.load(Ordering::Relaxed) {
                     self.hurry.store(false, Ordering::Relaxed);
                     return Gathered::Hurried;
+                }
+                if Instant::now() >= look_at {
+                    break;
                 }
                 for _ in 0..16 {
                     std::hint::spin_loop();
