@@ -1299,12 +1299,27 @@ mod tests {
     #[test]
     fn a_drainer_at_the_end_of_its_keep_alive_takes_the_inbox_jobs() {
         let tokio = undriven();
-        let pool = pool_of(&tokio, 1, Duration::from_millis(20), HOUR_NS);
+        // Long enough for this thread to see the drainer asleep before it leaves (Miri
+        // interprets a thousand times slower than native, on a clock at native speed).
+        let keep_alive = Duration::from_millis(if cfg!(miri) { 2_000 } else { 100 });
+        let pool = pool_of(&tokio, 1, keep_alive, HOUR_NS);
         let log = log();
         let _ends = Ends(&pool, &[log]);
         submit(&pool, log, 0, false).unwrap();
-        wait_for("the drainer sleeps", || pool.snapshot().idle == 1);
-        submit_to_inbox(&pool, log, 1, false);
+        // Job 1 goes into the inbox under the pool's lock while the drainer sleeps: it cannot
+        // leave its wait before (it takes the lock back first), so its keep-alive runs out
+        // with job 1 there, however late this thread runs.
+        wait_for("the drainer sleeps", || {
+            let mut state = pool.lock();
+            if state.idle == 0 {
+                return false;
+            }
+            state.inbox_open = true;
+            pool.inbox.open(u64::MAX);
+            submit(&pool, log, 1, false).unwrap(); // into the open inbox, without the lock
+            assert!(pool.inbox.holds());
+            true
+        });
         wait_for("job 1 runs", || lock!(log.ran).len() == 2);
     }
 
