@@ -2,6 +2,8 @@
  *
  *   bench_tb roundtrip n= warmup=          one no-op job at a time: submit, tb_task_wait
  *   bench_tb noop n= window= threads=      n no-op jobs, at most `window` outstanding
+ *   bench_tb rounds n= k= threads=         n no-op jobs in rounds of k, each waited with
+ *                                          tb_wait_all (fork-join; not in the suite)
  *   bench_tb sleep n= threads= sleep_us=   n jobs that sleep, on `threads` blocking threads
  *   bench_tb timers n= min_ms= max_ms=     n one-shot timers with random delays, all at once
  *   bench_tb complete n= warmup=           job end to tb_task_on_complete callback
@@ -118,6 +120,30 @@ static void noop(void) {
     check_completed(rt, n);
     shutdown(rt);
     bench_report_jobs(n, elapsed, cpu, threads);
+}
+
+static void rounds(void) {
+    size_t n = bench_arg("n", 200000), k = bench_arg("k", 16);
+    uint64_t threads = bench_arg("threads", 0);
+    bench_args_done();
+    if (k == 0 || k > n)
+        bench_fail("k must be in 1..n");
+    tb_runtime rt = runtime(threads);
+    tb_task *round = bench_calloc(k, sizeof *round);
+    size_t made = n / k * k;
+    uint64_t start = bench_now_ns();
+    for (size_t done = 0; done < made; done += k) {
+        for (size_t i = 0; i < k; i++)
+            round[i] = spawn(rt, nothing, NULL);
+        check(tb_wait_all(round, k, TB_FOREVER), "tb_wait_all");
+        for (size_t i = 0; i < k; i++)
+            check(tb_task_release(round[i]), "tb_task_release");
+    }
+    uint64_t elapsed = bench_now_ns() - start;
+    check_completed(rt, made);
+    shutdown(rt);
+    bench_report("us_per_round", (double)elapsed / 1e3 / (double)(made / k));
+    bench_report("mops", (double)made / (double)elapsed * 1e3);
 }
 
 static int32_t sleeper(void *arg, tb_job *job) {
@@ -358,7 +384,7 @@ static void idle(void) {
 
 int main(int argc, char **argv) {
     static const struct bench_mode modes[] = {
-        {"roundtrip", roundtrip}, {"noop", noop},   {"sleep", sleep_jobs}, {"timers", timers},
-        {"complete", complete},   {"calls", calls}, {"idle", idle}};
+        {"roundtrip", roundtrip}, {"noop", noop},   {"rounds", rounds}, {"sleep", sleep_jobs},
+        {"timers", timers},       {"complete", complete}, {"calls", calls}, {"idle", idle}};
     return bench_main(argc, argv, modes, sizeof modes / sizeof modes[0]);
 }
