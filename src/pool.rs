@@ -969,12 +969,21 @@ mod tests {
     /// Opens the inbox by hand, as a submission may when a drainer is inside a job, then
     /// submits job `n` into it.
     fn submit_to_inbox(pool: &Arc<Pool>, log: &'static Log, n: usize, blocks: bool) {
-        {
-            let mut state = pool.lock();
-            if !state.inbox_open {
-                state.inbox_open = true;
-                pool.inbox.open(u64::MAX);
-            }
+        submit_to_inbox_locked(pool, &mut pool.lock(), log, n, blocks);
+    }
+
+    /// [`submit_to_inbox`] with the pool's lock held by the caller (`state`): nobody closes
+    /// the inbox meanwhile, and a submission into an open inbox does not take the lock.
+    fn submit_to_inbox_locked(
+        pool: &Arc<Pool>,
+        state: &mut State,
+        log: &'static Log,
+        n: usize,
+        blocks: bool,
+    ) {
+        if !state.inbox_open {
+            state.inbox_open = true;
+            pool.inbox.open(u64::MAX);
         }
         submit(pool, log, n, blocks).unwrap();
         assert!(pool.inbox.holds(), "it went in");
@@ -1314,10 +1323,7 @@ mod tests {
             if state.idle == 0 {
                 return false;
             }
-            state.inbox_open = true;
-            pool.inbox.open(u64::MAX);
-            submit(&pool, log, 1, false).unwrap(); // into the open inbox, without the lock
-            assert!(pool.inbox.holds());
+            submit_to_inbox_locked(&pool, &mut state, log, 1, false);
             true
         });
         wait_for("job 1 runs", || lock!(log.ran).len() == 2);
