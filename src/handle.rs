@@ -13,20 +13,25 @@
 //! is expected is refused. The generation of a slot grows each time the slot is emptied, so a
 //! released or stale id no longer matches. Tags start at 1, so the id 0 is never valid.
 //!
-//! Lookups take no lock and write only their own thread's memory, so that threads polling the
-//! same task do not contend (a lock word is a cache line every caller writes). Each slot is a
-//! generation and a pointer, both atomic, in chunks that never move or go away: a lookup checks
-//! the generation, loads the pointer, and checks the generation again. An object removed from the table may still be read by a lookup that
-//! loaded its pointer just before, so the table's reference to it is dropped only once no such
-//! lookup can still be reading it (see [`crate::reclaim`]): at once in the usual case. Objects
-//! whose end matters (a runtime's threads, a queue's fd) are ended by the call that removes
-//! them, so even a late drop only frees memory.
+//! Lookups and removals take no lock, and a lookup writes only its own thread's memory, so that
+//! threads polling the same task do not contend (a lock word is a cache line every caller
+//! writes). Each slot is a stamp (its generation and whether it is free, live or being
+//! emptied) and a pointer, both atomic, in chunks that never move or go away: a lookup checks
+//! the stamp, loads the pointer, and checks the stamp again, and a removal wins the slot by
+//! moving its stamp from live to being emptied, with one compare-and-swap. An object removed
+//! from the table may still be read by a lookup that found it just before, so the table's
+//! reference to it is dropped only once no such lookup can still be reading it (see
+//! [`crate::reclaim`]): at once in the usual case. Objects whose end matters (a runtime's
+//! threads, a queue's fd) are ended by the call that removes them, so even a late drop only
+//! frees memory.
 //!
-//! Taking and giving back slots is rarer and takes a lock: each table is split into shards,
-//! each with its own small mutex over its free list, and a thread takes slots from "its" shard,
-//! so that threads submitting work at the same time do not contend on one lock.
+//! Free slots are kept by threads: each thread keeps up to [`SPARE_MAX`] of each table's (see
+//! [`Spare`]), takes a slot from those and puts an emptied one back there, without a lock or a
+//! locked instruction. Only a thread with none left, or too many, takes the lock of a shard's
+//! free list, to move [`SPARE_BATCH`] slots at once. Each thread has a home shard to take them
+//! from, so that threads submitting work at the same time do not contend on one lock.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr;
@@ -47,6 +52,11 @@ const FIRST_CHUNK: usize = 64;
 /// Chunks per shard: enough for every slot an index can name.
 const CHUNKS: usize = 23;
 const _: () = assert!(FIRST_CHUNK * ((1 << CHUNKS) - 1) >= (1 << INDEX_BITS) / SHARDS);
+/// How many free slots a thread takes from its home shard when it has none left, and keeps
+/// when it gives slots back.
+const SPARE_BATCH: usize = 32;
+/// How many free slots of a table a thread keeps at most.
+const SPARE_MAX: usize = 2 * SPARE_BATCH;
 
 /// Tag of runtime handles.
 pub(crate) const TAG_RUNTIME: u8 = 1;
@@ -55,17 +65,31 @@ pub(crate) const TAG_TASK: u8 = 2;
 /// Tag of completion queue handles.
 pub(crate) const TAG_QUEUE: u8 = 3;
 
+/// The phase of a slot at one generation, in the low bits of its stamp: free (in a free list,
+/// or reserved and being set up), live (published), or being emptied by a removal. A slot
+/// goes through them in this order, then is free at the next generation, so its stamp only
+/// grows.
+const FREE: u32 = 0;
+const LIVE: u32 = 1;
+const EMPTYING: u32 = 2;
+
+/// The stamp of a slot at `generation` in `phase`.
+const fn stamp(generation: u32, phase: u32) -> u32 {
+    generation << 2 | phase
+}
+
 struct Slot<T> {
-    generation: AtomicU32,
-    /// The table's reference (from `Arc::into_raw`); null while the slot is free or reserved.
+    /// The slot's generation and phase (see [`stamp`]).
+    stamp: AtomicU32,
+    /// The table's reference (from `Arc::into_raw`) while the slot is live; null otherwise.
     value: AtomicPtr<T>,
 }
 
 impl<T> Slot<T> {
-    /// True if this slot was issued at `generation` and has moved on since (generations start
-    /// at 1 and never wrap).
+    /// True if this slot was live at `generation` and has moved on since, or is being emptied
+    /// (generations start at 1 and never wrap).
     fn was_live_at(&self, generation: u32) -> bool {
-        generation != 0 && generation < self.generation.load(Ordering::Acquire)
+        generation != 0 && self.stamp.load(Ordering::Acquire) > stamp(generation, LIVE)
     }
 }
 
@@ -74,8 +98,7 @@ struct Slots {
     /// How many slots were ever handed out (each chunk is allocated when its first slot is).
     issued: usize,
     free: Vec<u32>,
-    /// Ids reserved or live: counted here, under the lock their reservation and removal take
-    /// anyway, rather than in one counter every submitting thread writes.
+    /// Slots out of this shard: live, reserved, or kept free by a thread (see [`Spare`]).
     taken: usize,
 }
 
@@ -89,13 +112,64 @@ struct Shard<T> {
 pub(crate) struct HandleTable<T> {
     tag: u8,
     shards: [Shard<T>; SHARDS],
+    /// How many free slots each thread keeps (each its [`Spare::count`]): counted out of the
+    /// shards' `taken` by [`live`](Self::live).
+    spares: Mutex<Vec<Arc<AtomicUsize>>>,
     removed: Reclaimer<T>,
     /// The table holds references to its objects: it is `Send`/`Sync` as an `Arc<T>` is.
     _holds: PhantomData<Arc<T>>,
 }
 
+/// What a thread's [`Spare`] needs of its table: a way to give its slots back.
+trait Shelf {
+    /// Puts free slots back into their shards' free lists.
+    fn give_back(&self, indices: &[u32]);
+    /// Forgets the count of a thread's spare slots, which has none left: the thread is ending.
+    fn forget(&self, count: &Arc<AtomicUsize>);
+}
+
+/// The free slots of one table that one thread keeps (their stamps are free, at the
+/// generation their next id will have). Taken from and given back to the shards in batches,
+/// and all given back when the thread ends.
+struct Spare {
+    table: &'static dyn Shelf,
+    /// Slot indices (the low half of an id).
+    indices: Vec<u32>,
+    /// `indices.len()`, for [`HandleTable::live`] on any thread: written by this thread only,
+    /// with a plain store.
+    count: Arc<AtomicUsize>,
+}
+
+impl Spare {
+    fn counted(&mut self) {
+        self.count.store(self.indices.len(), Ordering::Relaxed);
+    }
+
+    /// Keeps `index`, an emptied slot, giving the oldest slots back once there are too many.
+    fn put(&mut self, index: u32) {
+        self.indices.push(index);
+        if self.indices.len() > SPARE_MAX {
+            let extra = self.indices.len() - SPARE_BATCH;
+            self.table.give_back(&self.indices[..extra]);
+            self.indices.drain(..extra);
+        }
+        self.counted();
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        self.table.give_back(&self.indices);
+        self.indices.clear();
+        self.counted();
+        self.table.forget(&self.count);
+    }
+}
+
 thread_local! {
     static HOME_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's spare slots, one entry per table it used.
+    static SPARES: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
 }
 static NEXT_HOME_SHARD: AtomicUsize = AtomicUsize::new(0);
 
@@ -118,7 +192,31 @@ fn locate(local: usize) -> (usize, usize) {
     (chunk, local - FIRST_CHUNK * ((1 << chunk) - 1))
 }
 
-impl<T> HandleTable<T> {
+/// The shard of slot `index` and the slot's place in it.
+fn split_index(index: usize) -> (usize, usize) {
+    (index % SHARDS, index / SHARDS)
+}
+
+impl<T: 'static> Shelf for HandleTable<T> {
+    fn give_back(&self, indices: &[u32]) {
+        let mut indices = indices.to_vec();
+        indices.sort_unstable_by_key(|&index| index as usize % SHARDS);
+        for same_shard in indices.chunk_by(|a, b| a % SHARDS as u32 == b % SHARDS as u32) {
+            let shard = same_shard[0] as usize % SHARDS;
+            let mut slots = self.lock(shard);
+            slots.taken -= same_shard.len();
+            slots
+                .free
+                .extend(same_shard.iter().map(|&index| index / SHARDS as u32));
+        }
+    }
+
+    fn forget(&self, count: &Arc<AtomicUsize>) {
+        lock!(self.spares).retain(|kept| !Arc::ptr_eq(kept, count));
+    }
+}
+
+impl<T: 'static> HandleTable<T> {
     pub(crate) const fn new(tag: u8) -> Self {
         HandleTable {
             tag,
@@ -132,6 +230,7 @@ impl<T> HandleTable<T> {
                     }),
                 }
             }; SHARDS],
+            spares: Mutex::new(Vec::new()),
             removed: Reclaimer::new(),
             _holds: PhantomData,
         }
@@ -160,79 +259,140 @@ impl<T> HandleTable<T> {
         (!base.is_null()).then(|| unsafe { &*base.add(offset) })
     }
 
-    /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):
-    /// lookups fail until then, so nobody can reach an object that is still being set up.
-    pub(crate) fn reserve(&self) -> Result<u64, Error> {
+    /// Slot `index` (the low half of an id), which was handed out, so its chunk exists.
+    fn issued_slot(&self, index: usize) -> &Slot<T> {
+        let (shard, local) = split_index(index);
+        self.slot(shard, local).expect("issued slots exist")
+    }
+
+    /// Runs `f` on this thread's spare slots of this table; None once this thread's
+    /// thread-locals are being destroyed (the caller then takes a shard's lock instead).
+    fn with_spare<R>(&'static self, f: impl FnOnce(&mut Spare) -> R) -> Option<R> {
+        SPARES
+            .try_with(|spares| {
+                let mut spares = spares.try_borrow_mut().ok()?;
+                let at = match spares.iter().position(|s| ptr::addr_eq(s.table, self)) {
+                    Some(at) => at,
+                    None => {
+                        let count = Arc::new(AtomicUsize::new(0));
+                        lock!(self.spares).push(Arc::clone(&count));
+                        spares.push(Spare {
+                            table: self,
+                            indices: Vec::with_capacity(SPARE_MAX + 1),
+                            count,
+                        });
+                        spares.len() - 1
+                    }
+                };
+                Some(f(&mut spares[at]))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Takes up to `n` free slots (at least one) out of this thread's home shard into `into`,
+    /// reusing freed ones first, then issuing new ones.
+    fn take_from_shard(&self, into: &mut Vec<u32>, n: usize) -> Result<(), Error> {
         let shard_index = home_shard();
         let mut slots = self.lock(shard_index);
-        let local = match slots.free.pop() {
-            Some(local) => local as usize,
+        for _ in 0..n {
+            let local = match slots.free.pop() {
+                Some(local) => local as usize,
+                None => {
+                    let local = slots.issued;
+                    if (local + 1) * SHARDS > u32::MAX as usize {
+                        if into.is_empty() {
+                            return Err(Error::new(
+                                TB_ERR_OS,
+                                "the handle table is full (2^32 live handles)",
+                            ));
+                        }
+                        break;
+                    }
+                    let (chunk, offset) = locate(local);
+                    if offset == 0 {
+                        let fresh: Box<[Slot<T>]> = (0..FIRST_CHUNK << chunk)
+                            .map(|_| Slot {
+                                stamp: AtomicU32::new(stamp(1, FREE)),
+                                value: AtomicPtr::new(ptr::null_mut()),
+                            })
+                            .collect();
+                        self.shards[shard_index].chunks[chunk]
+                            .store(Box::into_raw(fresh).cast(), Ordering::Release);
+                    }
+                    slots.issued += 1;
+                    local
+                }
+            };
+            slots.taken += 1;
+            into.push((local * SHARDS + shard_index) as u32);
+        }
+        Ok(())
+    }
+
+    /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):
+    /// lookups fail until then, so nobody can reach an object that is still being set up.
+    pub(crate) fn reserve(&'static self) -> Result<u64, Error> {
+        let spare = self.with_spare(|spare| {
+            if spare.indices.is_empty() {
+                self.take_from_shard(&mut spare.indices, SPARE_BATCH)?;
+            }
+            let index = spare.indices.pop().expect("taken from the shard");
+            spare.counted();
+            Ok(index)
+        });
+        let index = match spare {
+            Some(taken) => taken?,
             None => {
-                let local = slots.issued;
-                if (local + 1) * SHARDS > u32::MAX as usize {
-                    return Err(Error::new(
-                        TB_ERR_OS,
-                        "the handle table is full (2^32 live handles)",
-                    ));
-                }
-                let (chunk, offset) = locate(local);
-                if offset == 0 {
-                    let fresh: Box<[Slot<T>]> = (0..FIRST_CHUNK << chunk)
-                        .map(|_| Slot {
-                            generation: AtomicU32::new(1),
-                            value: AtomicPtr::new(ptr::null_mut()),
-                        })
-                        .collect();
-                    self.shards[shard_index].chunks[chunk]
-                        .store(Box::into_raw(fresh).cast(), Ordering::Release);
-                }
-                slots.issued += 1;
-                local
+                let mut one = Vec::with_capacity(1);
+                self.take_from_shard(&mut one, 1)?;
+                one[0]
             }
         };
-        slots.taken += 1;
-        let slot = self.slot(shard_index, local).expect("issued slots exist");
-        let index = (local * SHARDS + shard_index) as u64;
-        let generation = u64::from(slot.generation.load(Ordering::Relaxed));
-        Ok((u64::from(self.tag) << TAG_SHIFT) | (generation << INDEX_BITS) | index)
+        let stamp = self
+            .issued_slot(index as usize)
+            .stamp
+            .load(Ordering::Relaxed);
+        let generation = u64::from(stamp >> 2);
+        Ok((u64::from(self.tag) << TAG_SHIFT) | (generation << INDEX_BITS) | u64::from(index))
     }
 
     /// Makes a reserved id live, naming `value`.
     pub(crate) fn publish(&self, id: u64, value: Arc<T>) {
-        let (shard_index, local, _) = self.split(id);
+        let (shard_index, local, generation) = self.split(id);
         let slot = self.slot(shard_index, local).expect("reserved slots exist");
         slot.value
             .store(Arc::into_raw(value).cast_mut(), Ordering::Release);
+        slot.stamp.store(stamp(generation, LIVE), Ordering::Release);
     }
 
     /// Gives back a reserved id that was never published.
-    pub(crate) fn unreserve(&self, id: u64) {
-        let (shard_index, local, _) = self.split(id);
-        let slot = self.slot(shard_index, local).expect("reserved slots exist");
-        Self::retire(&mut self.lock(shard_index), slot, local);
+    pub(crate) fn unreserve(&'static self, id: u64) {
+        let (_, _, generation) = self.split(id);
+        self.free_slot(id as u32, generation);
     }
 
-    /// Empties a slot, under its shard's lock: its generation moves on, so every id naming it
-    /// goes stale. Returns the table's reference it held, or null if it was only reserved.
+    /// Frees slot `index`, emptied (or only reserved) at `generation`: its stamp moves to the
+    /// next generation, so every id naming it stays dead, and this thread keeps it.
     ///
-    /// The pointer goes before the generation moves on (see [`with`](Self::with)). A slot whose
-    /// generation has run out is never reused, so that no stale id can name a later object:
-    /// 16 bytes left behind every 2^28 uses of a slot.
-    fn retire(slots: &mut Slots, slot: &Slot<T>, local: usize) -> *mut T {
-        slots.taken -= 1;
-        let value = slot.value.swap(ptr::null_mut(), Ordering::SeqCst);
-        let next = slot.generation.load(Ordering::Relaxed) + 1;
-        slot.generation.store(next, Ordering::Release);
-        if next < GENERATION_MASK {
-            slots.free.push(local as u32);
+    /// A slot whose generation has run out is never reused, so that no stale id can name a
+    /// later object: 16 bytes left behind every 2^28 uses of a slot.
+    fn free_slot(&'static self, index: u32, generation: u32) {
+        let next = generation + 1;
+        self.issued_slot(index as usize)
+            .stamp
+            .store(stamp(next, FREE), Ordering::Release);
+        if next >= GENERATION_MASK {
+            self.lock(split_index(index as usize).0).taken -= 1;
+        } else if self.with_spare(|spare| spare.put(index)).is_none() {
+            self.give_back(&[index]);
         }
-        value
     }
 
     fn split(&self, id: u64) -> (usize, usize, u32) {
-        let index = (id & u64::from(u32::MAX)) as usize;
+        let (shard, local) = split_index((id & u64::from(u32::MAX)) as usize);
         let generation = ((id >> INDEX_BITS) as u32) & GENERATION_MASK;
-        (index % SHARDS, index / SHARDS, generation)
+        (shard, local, generation)
     }
 
     /// Splits an id into (shard, local slot, generation), checking its tag.
@@ -257,18 +417,11 @@ impl<T> HandleTable<T> {
         Ok(self.split(id))
     }
 
-    /// True if `slot` (of `shard`) was issued at `generation` and has moved on since. Read under
-    /// the shard's lock, so that a removal under way has finished: a removal empties the slot
-    /// before it moves the generation on, and a lookup failing in between must not take the
-    /// slot for one never issued at that generation.
-    fn was_live_at(&self, shard: usize, slot: Option<&Slot<T>>, generation: u32) -> bool {
-        let _settled = self.lock(shard);
-        slot.is_some_and(|slot| slot.was_live_at(generation))
-    }
-
-    /// The error for `id` (of `shard`), which names no live object.
-    fn dead(&self, id: u64, shard: usize, slot: Option<&Slot<T>>, generation: u32) -> Error {
-        let why = if self.was_live_at(shard, slot, generation) {
+    /// The error for `id`, which names no live object. A slot being emptied counts as no
+    /// longer live, so that a lookup failing during a removal never says the id was never
+    /// issued.
+    fn dead(&self, id: u64, slot: Option<&Slot<T>>, generation: u32) -> Error {
+        let why = if slot.is_some_and(|slot| slot.was_live_at(generation)) {
             "is not live (released, or its runtime was shut down)"
         } else {
             "was never issued (forged or corrupted)"
@@ -283,25 +436,28 @@ impl<T> HandleTable<T> {
     pub(crate) fn with<R>(&self, id: u64, f: impl FnOnce(&Arc<T>) -> R) -> Result<R, Error> {
         let (shard_index, local, generation) = self.decode(id)?;
         let slot = self.slot(shard_index, local);
+        let live = stamp(generation, LIVE);
         let found = reclaim::read(|| {
             let slot = slot?;
-            // The generation is checked before and after the pointer is read. A pointer
-            // published for a later generation comes with that generation (the second check),
-            // and one retired from an earlier generation is gone before the generation moves
-            // on (the first check): so a pointer between two matching checks is this id's.
-            if slot.generation.load(Ordering::Acquire) != generation {
+            // The stamp is checked before and after the pointer is read. A pointer published
+            // for a later generation comes with that generation's stamp (the second check),
+            // and one emptied at this generation leaves the live stamp first (the first
+            // check, whose sequentially consistent load is what the read section covers): so
+            // a pointer between two live checks is this id's.
+            if slot.stamp.load(Ordering::SeqCst) != live {
                 return None;
             }
-            let value = slot.value.load(Ordering::SeqCst);
-            if value.is_null() || slot.generation.load(Ordering::Acquire) != generation {
+            let value = slot.value.load(Ordering::Acquire);
+            if slot.stamp.load(Ordering::Acquire) != live {
                 return None;
             }
+            debug_assert!(!value.is_null(), "a live slot has its object");
             // SAFETY: `value` is the table's reference (from `Arc::into_raw`), live at the
-            // generation check; a removal does not drop it while this read section is open.
+            // stamp check; a removal does not drop it while this read section is open.
             let value = ManuallyDrop::new(unsafe { Arc::from_raw(value) });
             Some(f(&value))
         });
-        found.ok_or_else(|| self.dead(id, shard_index, slot, generation))
+        found.ok_or_else(|| self.dead(id, slot, generation))
     }
 
     /// Returns a new reference to the live object named by `id`.
@@ -310,38 +466,56 @@ impl<T> HandleTable<T> {
     }
 
     /// Makes `id` dead and runs `f` on the object it named, before the table lets go of it;
-    /// the slot is reused with a new generation.
-    pub(crate) fn remove<R>(&self, id: u64, f: impl FnOnce(&Arc<T>) -> R) -> Result<R, Error> {
+    /// the slot is reused with a new generation. Of removals racing for one id, one wins.
+    pub(crate) fn remove<R>(
+        &'static self,
+        id: u64,
+        f: impl FnOnce(&Arc<T>) -> R,
+    ) -> Result<R, Error> {
         let (shard_index, local, generation) = self.decode(id)?;
         let slot = self.slot(shard_index, local);
-        let mut slots = self.lock(shard_index);
-        let live = slot.filter(|slot| {
-            slot.generation.load(Ordering::Relaxed) == generation
-                && !slot.value.load(Ordering::Relaxed).is_null()
+        let live = stamp(generation, LIVE);
+        // The unlinking step of the read sections' argument (see `crate::reclaim`).
+        let won = slot.filter(|slot| {
+            slot.stamp
+                .compare_exchange(
+                    live,
+                    stamp(generation, EMPTYING),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
         });
-        let Some(live) = live else {
-            drop(slots);
-            return Err(self.dead(id, shard_index, slot, generation));
+        let Some(slot) = won else {
+            return Err(self.dead(id, slot, generation));
         };
-        let value = Self::retire(&mut slots, live, local);
-        drop(slots);
+        let value = slot.value.load(Ordering::Relaxed);
+        slot.value.store(ptr::null_mut(), Ordering::Release);
+        self.free_slot(id as u32, generation);
         // SAFETY: the table's reference, from `Arc::into_raw` in `publish`; no slot holds it now.
         let held = unsafe { Arc::from_raw(value) };
         Ok(self.removed.retire_after(held, f))
     }
 
     /// True if `id` was issued by this table and has since been removed (as opposed to never
-    /// issued): its slot exists and has moved to a later generation.
+    /// issued): its slot exists and has moved on from that generation's live stamp.
     pub(crate) fn was_removed(&self, id: u64) -> bool {
         let Ok((shard_index, local, generation)) = self.decode(id) else {
             return false;
         };
-        self.was_live_at(shard_index, self.slot(shard_index, local), generation)
+        self.slot(shard_index, local)
+            .is_some_and(|slot| slot.was_live_at(generation))
     }
 
-    /// How many ids of this table are live (or reserved, being set up).
+    /// How many ids of this table are live (or reserved, being set up). Exact when no other
+    /// thread takes or frees slots meanwhile.
     pub(crate) fn live(&self) -> usize {
-        (0..SHARDS).map(|shard| self.lock(shard).taken).sum()
+        let spare: usize = lock!(self.spares)
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum();
+        let taken: usize = (0..SHARDS).map(|shard| self.lock(shard).taken).sum();
+        taken.saturating_sub(spare)
     }
 }
 
@@ -382,7 +556,7 @@ mod tests {
         assert_eq!(TABLE.live(), 0);
     }
 
-    fn insert(table: &HandleTable<u32>, value: u32) -> u64 {
+    fn insert(table: &'static HandleTable<u32>, value: u32) -> u64 {
         let id = table.reserve().unwrap();
         assert_eq!(
             table.get(id).unwrap_err().status,
@@ -485,6 +659,65 @@ mod tests {
         assert_eq!(TABLE.live(), 0);
     }
 
+    /// Of two removals racing for one id, exactly one wins; the other says the id is no
+    /// longer live.
+    #[test]
+    fn of_removals_racing_for_one_id_one_wins() {
+        static TABLE: HandleTable<u32> = HandleTable::new(TAG_QUEUE);
+        let rounds = if cfg!(miri) { 10 } else { 2_000 };
+        for round in 0..rounds {
+            let id = insert(&TABLE, round);
+            let results = std::thread::scope(|scope| {
+                let other = scope.spawn(|| TABLE.remove(id, |value| **value));
+                [TABLE.remove(id, |value| **value), other.join().unwrap()]
+            });
+            let won: Vec<u32> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .copied()
+                .collect();
+            assert_eq!(won, [round], "one removal wins, with the object");
+            let lost = results.into_iter().find_map(Result::err).unwrap();
+            assert!(lost.to_string().contains("is not live"), "{lost}");
+        }
+        assert_eq!(TABLE.live(), 0);
+    }
+
+    /// Threads keep the slots they free, up to `SPARE_MAX`, give the rest back to the shards,
+    /// and give all back when they end; the count of live ids stays exact meanwhile.
+    #[test]
+    fn slots_kept_by_threads_go_back_to_the_shards() {
+        static TABLE: HandleTable<u32> = HandleTable::new(TAG_QUEUE);
+        let n = 3 * SPARE_MAX as u32;
+        let ids = std::thread::spawn(move || (0..n).map(|i| insert(&TABLE, i)).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        assert_eq!(TABLE.live(), n as usize);
+        std::thread::spawn(move || {
+            for (removed, id) in ids.into_iter().enumerate() {
+                TABLE.remove(id, |_| ()).unwrap();
+                assert_eq!(TABLE.live(), n as usize - removed - 1);
+                let kept = SPARES.with(|spares| spares.borrow()[0].indices.len());
+                assert!(kept <= SPARE_MAX);
+            }
+            let again = insert(&TABLE, 0);
+            assert_eq!(TABLE.live(), 1);
+            TABLE.remove(again, |_| ()).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(TABLE.live(), 0);
+        assert!(
+            lock!(TABLE.spares).is_empty(),
+            "ended threads' counts are gone"
+        );
+        for shard in 0..SHARDS {
+            let slots = TABLE.lock(shard);
+            assert_eq!(slots.taken, 0, "every slot is back in shard {shard}");
+            assert_eq!(slots.free.len(), slots.issued);
+        }
+    }
+
     /// A slot whose generation runs out is left alone: its ids stay dead for good.
     #[test]
     fn a_slot_is_never_reused_once_its_generation_runs_out() {
@@ -492,8 +725,8 @@ mod tests {
         let id = TABLE.reserve().unwrap();
         let (shard, local, _) = TABLE.split(id);
         let slot = TABLE.slot(shard, local).unwrap();
-        slot.generation
-            .store(GENERATION_MASK - 1, Ordering::Relaxed);
+        slot.stamp
+            .store(stamp(GENERATION_MASK - 1, FREE), Ordering::Relaxed);
         let last = id & !(u64::from(GENERATION_MASK) << INDEX_BITS)
             | u64::from(GENERATION_MASK - 1) << INDEX_BITS;
         TABLE.publish(last, Arc::new(1));

@@ -13,13 +13,14 @@
 //! from its table after those sections: tasks are removed all the time, but a runtime or queue
 //! removed during a lookup stays allocated until the next runtime or queue is removed.
 //!
-//! Why that is enough: the reader's store of an odd counter, its load of the object's pointer,
-//! the removal's unlinking swap and its load of the counter are all sequentially consistent,
-//! so they have one order. If the removal's load comes first, the unlink precedes the reader's
-//! load of the pointer, which then cannot see the removed object. If the reader's store comes
-//! first, the removal sees the section open (or already closed, with a release store that
-//! orders the section's reads before the drop). Only atomic operations, no fences, so that
-//! ThreadSanitizer follows every step.
+//! Why that is enough: the reader's store of an odd counter, its load that finds the object
+//! still linked (in a handle table, the first check of the slot's stamp), the removal's
+//! unlinking write (the compare-and-swap that moves the stamp off live) and its load of the
+//! counter are all sequentially consistent, so they have one order. If the removal's load comes
+//! first, the unlink precedes the reader's load, which then cannot find the removed object. If
+//! the reader's store comes first, the removal sees the section open (or already closed, with a
+//! release store that orders the section's reads before the drop). Only atomic operations, no
+//! fences, so that ThreadSanitizer follows every step.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
@@ -86,9 +87,9 @@ fn readers() -> Option<&'static Reader> {
     unsafe { READERS.load(Ordering::SeqCst).as_ref() }
 }
 
-/// Runs `f` inside a read section of this thread: an object whose pointer `f` loads from a
-/// table (with a sequentially consistent load) is not dropped before `f` returns, even if it
-/// is removed meanwhile.
+/// Runs `f` inside a read section of this thread: an object `f` finds linked in a table (with
+/// a sequentially consistent load) is not dropped before `f` returns, even if it is removed
+/// meanwhile.
 pub(crate) fn read<R>(f: impl FnOnce() -> R) -> R {
     struct Section(&'static Reader, u64);
     impl Drop for Section {
@@ -140,7 +141,7 @@ impl<T> Reclaimer<T> {
     }
 
     /// Drops `value`, the table's reference to an object just unlinked from its slot (by a
-    /// sequentially consistent swap), once no lookup can still be reading it: at once if no
+    /// sequentially consistent write), once no lookup can still be reading it: at once if no
     /// thread is inside a read section, else during a later call. Also drops the objects set
     /// aside earlier whose sections have all ended.
     pub(crate) fn retire(&self, value: Arc<T>) {
