@@ -114,7 +114,7 @@ pub(crate) struct HandleTable<T> {
     shards: [Shard<T>; SHARDS],
     /// How many free slots each thread keeps (each its [`Spare::count`]): counted out of the
     /// shards' `taken` by [`live`](Self::live).
-    spares: Mutex<Vec<Arc<AtomicUsize>>>,
+    spares: Mutex<Vec<Arc<Count>>>,
     removed: Reclaimer<T>,
     /// The table holds references to its objects: it is `Send`/`Sync` as an `Arc<T>` is.
     _holds: PhantomData<Arc<T>>,
@@ -122,36 +122,60 @@ pub(crate) struct HandleTable<T> {
 
 /// What a thread's [`Spare`] needs of its table: a way to give its slots back.
 trait Shelf {
-    /// Puts free slots back into their shards' free lists.
-    fn give_back(&self, indices: &[u32]);
+    /// Puts free slots back into their shards' free lists (reordering `indices`).
+    fn give_back(&self, indices: &mut [u32]);
     /// Forgets the count of a thread's spare slots, which has none left: the thread is ending.
-    fn forget(&self, count: &Arc<AtomicUsize>);
+    fn forget(&self, count: &Arc<Count>);
 }
+
+/// How many free slots a thread keeps of one table (its [`Spare::len`]), for
+/// [`HandleTable::live`] on any thread: written by that thread only, with a plain store. On
+/// cache lines of its own, as is [`Spare`]: a line shared with data another thread writes
+/// would be taken from this thread at every write.
+#[repr(align(128))]
+struct Count(AtomicUsize);
 
 /// The free slots of one table that one thread keeps (their stamps are free, at the
 /// generation their next id will have). Taken from and given back to the shards in batches,
 /// and all given back when the thread ends.
+#[repr(align(128))]
 struct Spare {
     table: &'static dyn Shelf,
-    /// Slot indices (the low half of an id).
-    indices: Vec<u32>,
-    /// `indices.len()`, for [`HandleTable::live`] on any thread: written by this thread only,
-    /// with a plain store.
-    count: Arc<AtomicUsize>,
+    /// Slot indices (the low half of an id): the first `len` are kept, the last one is handed
+    /// out next.
+    indices: [u32; SPARE_MAX + 1],
+    len: usize,
+    count: Arc<Count>,
 }
 
 impl Spare {
     fn counted(&mut self) {
-        self.count.store(self.indices.len(), Ordering::Relaxed);
+        self.count.0.store(self.len, Ordering::Relaxed);
+    }
+
+    /// Hands out a kept slot, taking a batch from this thread's home shard if none is left.
+    fn take<T: 'static>(&mut self, table: &HandleTable<T>) -> Result<u32, Error> {
+        if self.len == 0 {
+            let batch = &mut self.indices[..SPARE_BATCH];
+            let taken = table.take_from_shard(batch)?;
+            // Handed out from the end: in the shard's order.
+            batch[..taken].reverse();
+            self.len = taken;
+        }
+        self.len -= 1;
+        self.counted();
+        Ok(self.indices[self.len])
     }
 
     /// Keeps `index`, an emptied slot, giving the oldest slots back once there are too many.
     fn put(&mut self, index: u32) {
-        self.indices.push(index);
-        if self.indices.len() > SPARE_MAX {
-            let extra = self.indices.len() - SPARE_BATCH;
-            self.table.give_back(&self.indices[..extra]);
-            self.indices.drain(..extra);
+        self.indices[self.len] = index;
+        self.len += 1;
+        if self.len > SPARE_MAX {
+            let extra = self.len - SPARE_BATCH;
+            self.table.give_back(&mut self.indices[..extra]);
+            self.indices.copy_within(extra..self.len, 0);
+            self.len -= extra;
         }
         self.counted();
     }
@@ -159,8 +183,8 @@ impl Spare {
 
 impl Drop for Spare {
     fn drop(&mut self) {
-        self.table.give_back(&self.indices);
-        self.indices.clear();
+        self.table.give_back(&mut self.indices[..self.len]);
+        self.len = 0;
         self.counted();
         self.table.forget(&self.count);
     }
@@ -198,8 +222,7 @@ fn split_index(index: usize) -> (usize, usize) {
 }
 
 impl<T: 'static> Shelf for HandleTable<T> {
-    fn give_back(&self, indices: &[u32]) {
-        let mut indices = indices.to_vec();
+    fn give_back(&self, indices: &mut [u32]) {
         indices.sort_unstable_by_key(|&index| index as usize % SHARDS);
         for same_shard in indices.chunk_by(|a, b| a % SHARDS as u32 == b % SHARDS as u32) {
             let shard = same_shard[0] as usize % SHARDS;
@@ -211,7 +234,7 @@ impl<T: 'static> Shelf for HandleTable<T> {
         }
     }
 
-    fn forget(&self, count: &Arc<AtomicUsize>) {
+    fn forget(&self, count: &Arc<Count>) {
         lock!(self.spares).retain(|kept| !Arc::ptr_eq(kept, count));
     }
 }
@@ -274,11 +297,12 @@ impl<T: 'static> HandleTable<T> {
                 let at = match spares.iter().position(|s| ptr::addr_eq(s.table, self)) {
                     Some(at) => at,
                     None => {
-                        let count = Arc::new(AtomicUsize::new(0));
+                        let count = Arc::new(Count(AtomicUsize::new(0)));
                         lock!(self.spares).push(Arc::clone(&count));
                         spares.push(Spare {
                             table: self,
-                            indices: Vec::with_capacity(SPARE_MAX + 1),
+                            indices: [0; SPARE_MAX + 1],
+                            len: 0,
                             count,
                         });
                         spares.len() - 1
@@ -290,24 +314,25 @@ impl<T: 'static> HandleTable<T> {
             .flatten()
     }
 
-    /// Takes up to `n` free slots (at least one) out of this thread's home shard into `into`,
-    /// reusing freed ones first, then issuing new ones.
-    fn take_from_shard(&self, into: &mut Vec<u32>, n: usize) -> Result<(), Error> {
+    /// Takes free slots out of this thread's home shard into `into`, as many as fit (at least
+    /// one): freed ones first (last freed, first taken), then new ones in ascending order, as
+    /// a C program's loop over its handles then finds them. Returns how many it took.
+    fn take_from_shard(&self, into: &mut [u32]) -> Result<usize, Error> {
         let shard_index = home_shard();
         let mut slots = self.lock(shard_index);
-        for _ in 0..n {
+        for (taken, place) in into.iter_mut().enumerate() {
             let local = match slots.free.pop() {
                 Some(local) => local as usize,
                 None => {
                     let local = slots.issued;
                     if (local + 1) * SHARDS > u32::MAX as usize {
-                        if into.is_empty() {
+                        if taken == 0 {
                             return Err(Error::new(
                                 TB_ERR_OS,
                                 "the handle table is full (2^32 live handles)",
                             ));
                         }
-                        break;
+                        return Ok(taken);
                     }
                     let (chunk, offset) = locate(local);
                     if offset == 0 {
@@ -325,27 +350,19 @@ impl<T: 'static> HandleTable<T> {
                 }
             };
             slots.taken += 1;
-            into.push((local * SHARDS + shard_index) as u32);
+            *place = (local * SHARDS + shard_index) as u32;
         }
-        Ok(())
+        Ok(into.len())
     }
 
     /// Takes a slot and returns its id. The id is not live until [`publish`](Self::publish):
     /// lookups fail until then, so nobody can reach an object that is still being set up.
     pub(crate) fn reserve(&'static self) -> Result<u64, Error> {
-        let spare = self.with_spare(|spare| {
-            if spare.indices.is_empty() {
-                self.take_from_shard(&mut spare.indices, SPARE_BATCH)?;
-            }
-            let index = spare.indices.pop().expect("taken from the shard");
-            spare.counted();
-            Ok(index)
-        });
-        let index = match spare {
+        let index = match self.with_spare(|spare| spare.take(self)) {
             Some(taken) => taken?,
             None => {
-                let mut one = Vec::with_capacity(1);
-                self.take_from_shard(&mut one, 1)?;
+                let mut one = [0];
+                self.take_from_shard(&mut one)?;
                 one[0]
             }
         };
@@ -385,7 +402,7 @@ impl<T: 'static> HandleTable<T> {
         if next >= GENERATION_MASK {
             self.lock(split_index(index as usize).0).taken -= 1;
         } else if self.with_spare(|spare| spare.put(index)).is_none() {
-            self.give_back(&[index]);
+            self.give_back(&mut [index]);
         }
     }
 
@@ -512,7 +529,7 @@ impl<T: 'static> HandleTable<T> {
     pub(crate) fn live(&self) -> usize {
         let spare: usize = lock!(self.spares)
             .iter()
-            .map(|count| count.load(Ordering::Relaxed))
+            .map(|count| count.0.load(Ordering::Relaxed))
             .sum();
         let taken: usize = (0..SHARDS).map(|shard| self.lock(shard).taken).sum();
         taken.saturating_sub(spare)
@@ -697,7 +714,7 @@ mod tests {
             for (removed, id) in ids.into_iter().enumerate() {
                 TABLE.remove(id, |_| ()).unwrap();
                 assert_eq!(TABLE.live(), n as usize - removed - 1);
-                let kept = SPARES.with(|spares| spares.borrow()[0].indices.len());
+                let kept = SPARES.with(|spares| spares.borrow()[0].len);
                 assert!(kept <= SPARE_MAX);
             }
             let again = insert(&TABLE, 0);
