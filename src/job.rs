@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::error::{
     tb_status, Error, TB_ERR_CALLBACK, TB_ERR_CANCELLED, TB_ERR_INVALID_ARG, TB_ERR_PANIC, TB_OK,
 };
 use crate::panic::boundary;
-use crate::pool::Pool;
+use crate::pool::{self, Pool, PoolRef};
 use crate::runtime::tb_runtime;
 use crate::state::{Cancelled, QUEUED};
 use crate::task::{self, Callbacks, Task, Work};
@@ -26,6 +27,8 @@ use crate::userdata::{tb_free_fn, UserArg};
 /// the thread running it: `tb_job_cancelled` and `tb_job_set_result` refuse any other pointer.
 pub struct tb_job {
     task: *const Task,
+    /// The pool running it, held by the drainer calling the callback.
+    pool: *const Pool,
     value: Cell<*mut c_void>,
 }
 
@@ -46,8 +49,16 @@ pub(crate) struct Payload {
 
 /// The parts of a task that only blocking jobs have.
 pub(crate) struct Blocking {
-    pool: Arc<Pool>,
+    /// Not counted: good while the task has not finished, reached through [`pool::visit`]
+    /// (see [`PoolRef`]).
+    pool: NonNull<Pool>,
 }
+
+// SAFETY: `pool` is only dereferenced through `pool::visit`, which any thread may call, and a
+// `Pool` is `Sync`.
+unsafe impl Send for Blocking {}
+// SAFETY: as above.
+unsafe impl Sync for Blocking {}
 
 /// Takes the payload of `task`, a job.
 ///
@@ -73,9 +84,10 @@ fn blocking(task: &Task) -> &Blocking {
     }
 }
 
-/// Runs a started job on this (blocking) thread and completes its task. Returns how long its
-/// callback ran, in ns, and when it returned (a [`clock::stamp`]).
-pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
+/// Runs a started job of `pool` on this (blocking) thread, a drainer of `pool`, and completes
+/// its task. Returns how long its callback ran, in ns, and when it returned (a
+/// [`clock::stamp`]).
+pub(crate) fn run(pool: &Pool, task: &Arc<Task>) -> (u64, u64) {
     let started = clock::stamp();
     let queued_us = waited_us(task, started);
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -83,6 +95,7 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
         let payload = unsafe { take_payload(task) };
         let job = tb_job {
             task: Arc::as_ptr(task),
+            pool,
             value: Cell::new(std::ptr::null_mut()),
         };
         let previous = CURRENT_JOB.with(|c| c.replace(&job));
@@ -101,7 +114,7 @@ pub(crate) fn run(task: &Arc<Task>) -> (u64, u64) {
         Err(_) => (TB_ERR_PANIC, 0, std::ptr::null_mut(), clock::stamp()),
     };
     let run_ns = nanos_between(started, ended);
-    let counters = &blocking(task).pool.counters;
+    let counters = &pool.counters;
     counters.job_started(queued_us);
     counters.job_completed(status != TB_OK);
     // Only the drainer that started the job moves it out of RUNNING (cancel only flags it).
@@ -123,15 +136,10 @@ fn waited_us(task: &Task, now: u64) -> u64 {
     nanos_between(task.submitted, now) / 1000
 }
 
-/// Ends a job that never started (claimed by cancel or shutdown): frees its argument on this
-/// thread, then completes it with `status`.
-pub(crate) fn abandon(task: &Task, status: tb_status) {
-    let blocking = blocking(task);
-    blocking
-        .pool
-        .counters
-        .jobs_cancelled
-        .fetch_add(1, Ordering::Relaxed);
+/// Ends a job of `pool` that never started (claimed by cancel or shutdown): frees its argument
+/// on this thread, then completes it with `status`. The caller holds `pool`.
+pub(crate) fn abandon(pool: &Pool, task: &Task, status: tb_status) {
+    pool.counters.jobs_cancelled.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the caller won the transition out of QUEUED.
     drop(unsafe { take_payload(task) });
     task.settle(tb_outcome {
@@ -151,7 +159,8 @@ pub(crate) fn queued(
     Task::new(
         id,
         Work::Blocking(Blocking {
-            pool: Arc::clone(pool),
+            // From the `Arc`, not from a reference: `pool::visit` rebuilds the `Arc` from it.
+            pool: NonNull::new(Arc::as_ptr(pool).cast_mut()).expect("an Arc is not null"),
         }),
         Callbacks {
             job: ManuallyDrop::new(Payload { func, arg }),
@@ -166,7 +175,7 @@ pub(crate) fn queued(
 pub(crate) fn hurry(task: &Task) {
     if let Work::Blocking(job) = &task.work {
         if task.is_queued() {
-            job.pool.hurry();
+            pool::visit(task, job.pool, |pool| pool.hurry());
         }
     }
 }
@@ -174,9 +183,13 @@ pub(crate) fn hurry(task: &Task) {
 /// Cancels a job: a queued one never runs and ends now, on this thread; a running one is only
 /// flagged. See `tb_task_cancel`.
 pub(crate) fn cancel(task: &Task) -> Cancelled {
-    blocking(task)
-        .pool
-        .cancel(task, || abandon(task, TB_ERR_CANCELLED))
+    let kept = pool::visit(task, blocking(task).pool, |pool| {
+        PoolRef::new(Arc::clone(pool))
+    });
+    match kept {
+        Some(pool) => pool.cancel(task, || abandon(&pool, task, TB_ERR_CANCELLED)),
+        None => Cancelled::TooLate,
+    }
 }
 
 /// Submits `func(arg, job)` to run once on the runtime's blocking pool.
@@ -245,9 +258,10 @@ fn current_job(job: *const tb_job) -> Result<&'static tb_job, Error> {
 pub extern "C" fn tb_job_cancelled(job: *const tb_job) -> bool {
     boundary("tb_job_cancelled", || {
         let job = current_job(job)?;
-        // SAFETY: `task` points into the Arc held by the drainer running this job.
-        let task = unsafe { &*job.task };
-        Ok(task.cancel_requested() || blocking(task).pool.is_closed())
+        // SAFETY: `task` points into the Arc held by the drainer running this job, and `pool`
+        // is that drainer's.
+        let (task, pool) = unsafe { (&*job.task, &*job.pool) };
+        Ok(task.cancel_requested() || pool.is_closed())
     })
 }
 
@@ -306,6 +320,7 @@ mod tests {
     fn a_foreign_job_pointer_is_refused() {
         let fake = tb_job {
             task: std::ptr::null(),
+            pool: std::ptr::null(),
             value: Cell::new(std::ptr::null_mut()),
         };
         assert!(!tb_job_cancelled(&fake));

@@ -17,7 +17,7 @@ use crate::handle::{HandleTable, TAG_RUNTIME};
 use crate::job;
 use crate::metrics::Counters;
 use crate::panic::{boundary, panic_message};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolRef};
 use crate::probe::Probe;
 use crate::stall::Watchdog;
 use crate::sync::lock;
@@ -248,7 +248,7 @@ pub(crate) struct Runtime {
     serial: u64,
     is_default: bool,
     pub(crate) handle: tokio::runtime::Handle,
-    pub(crate) pool: Arc<Pool>,
+    pub(crate) pool: PoolRef,
     pub(crate) timers: Arc<TimerQueue>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) workers: u32,
@@ -430,14 +430,14 @@ impl Runtime {
         Ok(Runtime {
             serial,
             is_default,
-            pool: Arc::new(Pool::new(
+            pool: PoolRef::new(Arc::new(Pool::new(
                 serial,
                 handle.clone(),
                 config.max_blocking,
                 config.max_queued,
                 config.keep_alive,
                 Arc::clone(&counters),
-            )),
+            ))),
             timers: TimerQueue::start(&handle, Arc::clone(&counters)),
             handle,
             counters,
@@ -489,7 +489,7 @@ impl Runtime {
         self.closed.store(true, Ordering::Release);
         for task in self.pool.close() {
             if task.claim() {
-                job::abandon(&task, TB_ERR_SHUTDOWN);
+                job::abandon(&self.pool, &task, TB_ERR_SHUTDOWN);
             }
         }
     }
