@@ -284,7 +284,7 @@ pub extern "C" fn tb_wait_all(tasks: *const tb_task, n: usize, timeout_ms: u64) 
         let all = lookup_all(tasks, n)?;
         check_may_wait(timeout_ms, all.iter().map(|t| t.id))?;
         let deadline = deadline_after(timeout_ms);
-        all.iter().for_each(|task| job::hurry(task));
+        job::hurry_all(&all);
         Ok(if all.iter().all(|task| task.wait(deadline)) {
             TB_OK
         } else {
@@ -324,7 +324,7 @@ pub extern "C" fn tb_wait_any(
             Some(found) => Some(found),
             None if timeout_ms == 0 => None,
             None => {
-                all.iter().for_each(|task| job::hurry(task));
+                job::hurry_all(&all);
                 let watcher = Watcher::new();
                 let watching: Vec<&Arc<Task>> =
                     all.iter().take_while(|t| t.watch(&watcher)).collect();

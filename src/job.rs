@@ -172,10 +172,23 @@ pub(crate) fn queued(
 
 /// Before a caller waits for `task`: if it is a job still queued, has its pool's drainers take
 /// it now rather than gather more jobs first (see `Pool::gather`).
-pub(crate) fn hurry(task: &Task) {
-    if let Work::Blocking(job) = &task.work {
-        if task.is_queued() {
-            pool::visit(task, job.pool, |pool| pool.hurry());
+pub(crate) fn hurry(task: &Arc<Task>) {
+    hurry_all(std::slice::from_ref(task));
+}
+
+/// [`hurry`] for each of `tasks`, visiting a pool once for a run of its jobs (as a fork-join
+/// round submits them): each visit takes the pool's release lock, and the flag it sets is
+/// already set for the rest of the run.
+pub(crate) fn hurry_all(tasks: &[Arc<Task>]) {
+    let mut hurried = None;
+    for task in tasks {
+        if let Work::Blocking(job) = &task.work {
+            if hurried != Some(job.pool)
+                && task.is_queued()
+                && pool::visit(task, job.pool, |pool| pool.hurry()).is_some()
+            {
+                hurried = Some(job.pool);
+            }
         }
     }
 }
